@@ -1,0 +1,1 @@
+"""AnyDoor data pipeline: high-frequency map, pair preparation, data sets, synthetic data."""

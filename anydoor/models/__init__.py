@@ -1,0 +1,1 @@
+"""AnyDoor networks: ID extractors, detail extractor, denoiser wiring."""

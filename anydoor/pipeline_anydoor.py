@@ -1,0 +1,421 @@
+"""AnyDoorPipeline: put a reference object into a scene (Chen et al., CVPR 2024).
+
+Stable Diffusion with two changes (DESIGN.md section 1): the text encoder is
+replaced by an ID extractor (DINOv2 tokens of the background-removed object),
+and a ControlNet-style detail extractor reads a collage (the scene crop with
+the object's high-frequency map pasted into the target box, plus a mask
+channel). Sampling follows the released recipe: DDIM 50 steps, eta 0,
+classifier-free guidance 5.0 whose unconditional branch uses the tokens of an
+all-zero image and keeps the collage hint.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, ControlNetModel, DiffusionPipeline, UNet2DConditionModel
+from diffusers.schedulers import KarrasDiffusionSchedulers
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from anydoor.data.detail_maps import DETAIL_MAP_NAMES
+from anydoor.data.images import as_binary_mask, as_rgb_uint8
+from anydoor.data.pairs import AnyDoorSample, PairConfig, paste_back, prepare_inference_inputs
+from anydoor.models.denoiser import predict_noise
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+RANDOM_DETAIL_MAPS = ("noise", "shuffle")
+
+
+@dataclass
+class AnyDoorPipelineOutput(BaseOutput):
+    """Output of `AnyDoorPipeline`.
+
+    images: one full-resolution composite per output (the scene with the
+        generated crop pasted back); PIL images, HxWx3 float arrays in [0,1]
+        ("np") or 3xHxW float tensors in [0,1] ("pt"). A list, since scenes
+        may differ in size. None for output_type "latent".
+    crops: the generated SxS crops: PIL list, (B,S,S,3) array or (B,3,S,S)
+        tensor in [0,1]; the denoised latents for output_type "latent".
+    """
+
+    images: list | None
+    crops: Any
+
+
+def _check_epsilon_scheduler(scheduler) -> None:
+    prediction_type = getattr(scheduler.config, "prediction_type", "epsilon")
+    if prediction_type != "epsilon":
+        raise ValueError(
+            f"scheduler prediction_type={prediction_type!r} is not supported: AnyDoor is trained "
+            "with epsilon prediction on SD2.1-base (512 px). A v-prediction scheduler belongs to "
+            "the 768 px SD2.1; use stabilityai/stable-diffusion-2-1-base or set "
+            "prediction_type='epsilon' when swapping schedulers."
+        )
+
+
+def _as_list(value, n: int, name: str) -> list:
+    """Broadcast a single value to n items, or check that a list has n items."""
+    if isinstance(value, (list, tuple)) and not (name == "scene_box" and _is_box(value)):
+        if len(value) != n:
+            raise ValueError(f"{name} has {len(value)} items but object_image has {n}")
+        return list(value)
+    return [value] * n
+
+
+def _is_box(value) -> bool:
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) == 4
+        and all(isinstance(v, (int, float, np.integer, np.floating)) for v in value)
+    )
+
+
+class AnyDoorPipeline(DiffusionPipeline):
+    r"""Zero-shot object insertion (AnyDoor).
+
+    Components:
+        vae: `AutoencoderKL` (SD2.1's, or the embedded default's tiny one).
+        unet: `UNet2DConditionModel` whose cross-attention reads ID tokens.
+        controlnet: the detail extractor, a `ControlNetModel` with a zeroed
+            `conv_in` (it never sees the noisy latent, DESIGN.md 1c).
+        id_extractor: `DINOv2IDExtractor` or `CLIPIDExtractor`.
+        scheduler: any epsilon-prediction diffusers scheduler; DDIM (released).
+    Configuration: `image_size` (S, the generated crop's side), `detail_map`
+    (what is pasted into the collage: hf, rgb, noise, shuffle, none),
+    `remove_background` (white out the reference background), and the default
+    `control_scale`.
+    """
+
+    model_cpu_offload_seq = "id_extractor->controlnet->unet->vae"
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        unet: UNet2DConditionModel,
+        controlnet: ControlNetModel,
+        id_extractor: torch.nn.Module,
+        scheduler: KarrasDiffusionSchedulers,
+        image_size: int = 512,
+        detail_map: str = "hf",
+        remove_background: bool = True,
+        control_scale: float = 1.0,
+    ):
+        super().__init__()
+        if detail_map not in DETAIL_MAP_NAMES:
+            raise ValueError(f"detail_map={detail_map!r} is not one of {', '.join(DETAIL_MAP_NAMES)}")
+        _check_epsilon_scheduler(scheduler)
+        self.register_modules(
+            vae=vae, unet=unet, controlnet=controlnet, id_extractor=id_extractor, scheduler=scheduler
+        )
+        self.register_to_config(
+            image_size=int(image_size),
+            detail_map=detail_map,
+            remove_background=bool(remove_background),
+            control_scale=float(control_scale),
+        )
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        if image_size % self.vae_scale_factor:
+            raise ValueError(f"image_size={image_size} is not a multiple of the VAE factor {self.vae_scale_factor}")
+        self.pair_config = PairConfig(
+            image_size=int(image_size), detail_map=detail_map, remove_background=bool(remove_background)
+        )
+
+    # ------------------------------------------------------------------ inputs
+    def check_inputs(
+        self,
+        object_images: list,
+        object_masks: list,
+        scene_images: list,
+        scene_masks: list,
+        scene_boxes: list,
+        num_inference_steps: int,
+        guidance_scale: float,
+        num_images_per_prompt: int,
+        generator,
+        output_type: str,
+        callback_on_step_end_tensor_inputs: Sequence[str],
+    ) -> None:
+        _check_epsilon_scheduler(self.scheduler)
+        for i, (mask, box) in enumerate(zip(scene_masks, scene_boxes)):
+            if (mask is None) == (box is None):
+                raise ValueError(
+                    f"pair {i}: give exactly one of scene_mask or scene_box "
+                    f"(got {'both' if mask is not None else 'neither'})"
+                )
+        if not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        if not np.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        if not isinstance(num_images_per_prompt, (int, np.integer)) or num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}")
+        total = len(object_images) * num_images_per_prompt
+        if isinstance(generator, list) and len(generator) != total:
+            raise ValueError(
+                f"generator is a list of {len(generator)} but {total} images are requested "
+                f"({len(object_images)} pairs x num_images_per_prompt={num_images_per_prompt})"
+            )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type={output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
+        unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs {unknown} are not among {self._callback_tensor_inputs}"
+            )
+
+    @staticmethod
+    def _object_and_mask(object_image, object_mask, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """An RGBA object's alpha is its mask when no mask is given."""
+        if object_mask is not None:
+            return as_rgb_uint8(object_image, name=f"object_image[{index}]"), object_mask
+        if isinstance(object_image, (str, Path)):
+            object_image = PIL.Image.open(object_image)
+        if isinstance(object_image, PIL.Image.Image) and object_image.mode in ("RGBA", "LA"):
+            array = np.asarray(object_image.convert("RGBA"))
+        else:
+            array = np.asarray(object_image) if not torch.is_tensor(object_image) else None
+        if array is None or array.ndim != 3 or array.shape[-1] != 4:
+            raise ValueError(
+                f"object_mask[{index}] is missing and object_image[{index}] has no alpha channel: "
+                "pass an RGBA object or an explicit object_mask"
+            )
+        return as_rgb_uint8(array[..., :3], name=f"object_image[{index}]"), array[..., 3] >= 128
+
+    def _numpy_rng(self, generator: torch.Generator | None) -> np.random.Generator | None:
+        """The noise/shuffle detail maps draw from the caller's generator (DESIGN.md)."""
+        if self.config.detail_map not in RANDOM_DETAIL_MAPS:
+            return None
+        if generator is None:
+            raise ValueError(
+                f"detail_map={self.config.detail_map!r} is random: pass a torch.Generator "
+                "so the collage is reproducible"
+            )
+        seed = torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item()
+        return np.random.default_rng(seed)
+
+    def prepare_inputs(
+        self, object_image, object_mask, scene_image, scene_mask=None, scene_box=None, generator=None
+    ) -> AnyDoorSample:
+        """DESIGN.md "Inference geometry": reference padded by 1.2, box x1.1,
+        crop x2.0, box mask, no perturbation."""
+        obj, obj_mask = self._object_and_mask(object_image, object_mask, 0)
+        return prepare_inference_inputs(
+            obj,
+            obj_mask,
+            scene_image,
+            scene_mask=scene_mask,
+            scene_box=scene_box,
+            config=self.pair_config,
+            rng=self._numpy_rng(generator),
+        )
+
+    # ---------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def __call__(
+        self,
+        object_image,
+        object_mask=None,
+        scene_image=None,
+        scene_mask=None,
+        scene_box=None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 5.0,
+        control_scale: float | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, int, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        eta: float = 0.0,
+    ) -> AnyDoorPipelineOutput | tuple:
+        r"""Compose the object into the scene.
+
+        Args:
+            object_image: the reference object (PIL / numpy uint8 HxWx3 or RGBA /
+                torch), or a list of them (one per pair).
+            object_mask: its mask (HxW, binary); None when the object is RGBA.
+            scene_image: the scene (or a list, one per pair).
+            scene_mask / scene_box: where the object goes: a binary mask (its
+                shape controls the silhouette box) or a box (x0, y0, x1, y1);
+                exactly one of them per pair.
+            num_inference_steps: sampler steps (released: 50).
+            guidance_scale: classifier-free guidance (released: 5.0); <= 1 runs
+                the conditional branch only.
+            control_scale: detail-extractor strength (default: the config's, 1.0).
+            num_images_per_prompt: outputs per pair.
+            generator: a torch.Generator, or one per output image so that image i
+                does not depend on the batch it is in.
+            output_type: "pil", "np", "pt" or "latent".
+            callback_on_step_end: diffusers' step callback.
+        """
+        # 1. Check inputs
+        pairs_given = isinstance(object_image, (list, tuple))
+        object_images = list(object_image) if pairs_given else [object_image]
+        n_pairs = len(object_images)
+        if n_pairs == 0:
+            raise ValueError("object_image is an empty list")
+        if scene_image is None:
+            raise ValueError("scene_image is required")
+        object_masks = _as_list(object_mask, n_pairs, "object_mask") if pairs_given else [object_mask]
+        scene_images = _as_list(scene_image, n_pairs, "scene_image") if pairs_given else [scene_image]
+        scene_masks = _as_list(scene_mask, n_pairs, "scene_mask") if pairs_given else [scene_mask]
+        scene_boxes = _as_list(scene_box, n_pairs, "scene_box") if pairs_given else [scene_box]
+        control_scale = self.config.control_scale if control_scale is None else float(control_scale)
+        self.check_inputs(
+            object_images, object_masks, scene_images, scene_masks, scene_boxes,
+            num_inference_steps, guidance_scale, num_images_per_prompt, generator, output_type,
+            callback_on_step_end_tensor_inputs,
+        )
+        device = self._execution_device
+        dtype = self.unet.dtype
+        batch_size = n_pairs * num_images_per_prompt
+        generators = generator if isinstance(generator, list) else [generator] * batch_size
+        do_guidance = guidance_scale > 1.0
+
+        # 2. Prepare inputs: reference, collage hint and paste-back geometry per
+        #    output image (the noise/shuffle maps draw from that image's generator)
+        samples: list[AnyDoorSample] = []
+        for p in range(n_pairs):
+            scene_np = as_rgb_uint8(scene_images[p], name=f"scene_image[{p}]")
+            scene_mask_p = (
+                None if scene_masks[p] is None
+                else as_binary_mask(scene_masks[p], name=f"scene_mask[{p}]", shape=scene_np.shape[:2])
+            )
+            obj, obj_mask = self._object_and_mask(object_images[p], object_masks[p], p)
+            shared = None
+            for k in range(num_images_per_prompt):
+                if shared is None or self.config.detail_map in RANDOM_DETAIL_MAPS:
+                    shared = prepare_inference_inputs(
+                        obj, obj_mask, scene_np, scene_mask=scene_mask_p, scene_box=scene_boxes[p],
+                        config=self.pair_config,
+                        rng=self._numpy_rng(generators[p * num_images_per_prompt + k]),
+                    )
+                samples.append(shared)
+        scenes = [as_rgb_uint8(scene_images[i // num_images_per_prompt]) for i in range(batch_size)]
+        reference = torch.from_numpy(np.stack([s.reference for s in samples])).permute(0, 3, 1, 2)
+        hint = torch.from_numpy(np.stack([s.hint for s in samples])).permute(0, 3, 1, 2)
+        reference = reference.to(device=device, dtype=self.id_extractor.dtype)
+        hint = hint.to(device=device, dtype=dtype)
+
+        # 3. ID tokens, once per call; the unconditional branch sees the tokens
+        #    of an all-zero image (DESIGN.md 1c), the hint is kept in both
+        id_tokens = self.id_extractor(reference).to(dtype)
+        if do_guidance:
+            uncond_tokens = self.id_extractor.unconditional_tokens(batch_size).to(device=device, dtype=dtype)
+            id_tokens = torch.cat([uncond_tokens, id_tokens])
+            hint = torch.cat([hint, hint])
+
+        # 4. Timesteps
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+
+        # 5. Initial latents (per-image generators give per-image noise)
+        side = self.config.image_size // self.vae_scale_factor
+        shape = (batch_size, self.unet.config.in_channels, side, side)
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        latents = latents * self.scheduler.init_noise_sigma
+        extra_step_kwargs = self._extra_step_kwargs(generator, eta)
+
+        # 6. Denoising loop: one UNet and one detail-extractor call per step,
+        #    both guidance branches in one batch
+        with self.progress_bar(total=len(timesteps)) as progress:
+            for i, t in enumerate(timesteps):
+                model_input = torch.cat([latents] * 2) if do_guidance else latents
+                model_input = self.scheduler.scale_model_input(model_input, t)
+                eps = predict_noise(
+                    self.unet, self.controlnet, model_input, t, id_tokens, hint, control_scale=control_scale
+                )
+                if do_guidance:
+                    eps_uncond, eps_cond = eps.chunk(2)
+                    eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+                latents = self.scheduler.step(eps, t, latents, **extra_step_kwargs, return_dict=False)[0]
+                if callback_on_step_end is not None:
+                    names = list(callback_on_step_end_tensor_inputs)
+                    outputs = callback_on_step_end(self, i, t, {k: locals()[k] for k in names})
+                    latents = outputs.pop("latents", latents)
+                progress.update()
+
+        if output_type == "latent":
+            self.maybe_free_model_hooks()
+            return AnyDoorPipelineOutput(images=None, crops=latents) if return_dict else (None, latents)
+
+        # 7. Decode the crops
+        decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+        crops = ((decoded.float().clamp(-1, 1) + 1) / 2).cpu()
+        self.maybe_free_model_hooks()
+
+        # 8. Paste back into the full scenes (only inside the crop box)
+        crops_u8 = (crops.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        composites = [paste_back(c, scenes[i], samples[i].paste) for i, c in enumerate(crops_u8)]
+        images, crops_out = self._format(composites, crops, crops_u8, output_type)
+        if not return_dict:
+            return images, crops_out
+        return AnyDoorPipelineOutput(images=images, crops=crops_out)
+
+    def _extra_step_kwargs(self, generator, eta: float) -> dict:
+        params = set(inspect.signature(self.scheduler.step).parameters)
+        kwargs = {}
+        if "eta" in params:
+            kwargs["eta"] = eta
+        if "generator" in params:
+            kwargs["generator"] = generator
+        return kwargs
+
+    @staticmethod
+    def _format(composites: list[np.ndarray], crops: torch.Tensor, crops_u8: np.ndarray, output_type: str):
+        if output_type == "pil":
+            return [PIL.Image.fromarray(c) for c in composites], [PIL.Image.fromarray(c) for c in crops_u8]
+        if output_type == "np":
+            return [c.astype(np.float32) / 255 for c in composites], crops.permute(0, 2, 3, 1).numpy()
+        return [torch.from_numpy(c).permute(2, 0, 1).float() / 255 for c in composites], crops
+
+    # ------------------------------------------------------------ base models
+    @classmethod
+    def from_base_models(
+        cls,
+        stable_diffusion: str | Path = "stabilityai/stable-diffusion-2-1-base",
+        id_backbone: str | Path = "facebook/dinov2-giant",
+        id_extractor: str = "dinov2",
+        local_files_only: bool | None = None,
+        detail_map: str = "hf",
+        remove_background: bool = True,
+        conditioning_embedding_out_channels: tuple[int, ...] = (16, 32, 96, 256),
+        clip_pretrained: str | Path | None = None,
+        projector_generator: torch.Generator | None = None,
+    ) -> "AnyDoorPipeline":
+        """Assemble an untrained AnyDoor from SD2.1-base and an ID backbone.
+
+        Loads the UNet and VAE with diffusers' loaders, the ID backbone with
+        transformers (`dinov2`, `dinov2-global`) or open_clip (`clip`: then
+        `id_backbone` is an open_clip model name such as "ViT-H-14" and
+        `clip_pretrained` a local weights file or open_clip tag), builds the
+        detail extractor from the UNet with a zeroed conv_in (DESIGN.md 1c)
+        and a fresh projector. `local_files_only=None` means: only local
+        folders and the Hugging Face cache when HF_HUB_OFFLINE is set, the Hub
+        otherwise. Missing weights raise a message saying how to provide them.
+        """
+        from anydoor.models.base_loading import load_base_components
+
+        components = load_base_components(
+            stable_diffusion=stable_diffusion,
+            id_backbone=id_backbone,
+            id_extractor=id_extractor,
+            local_files_only=local_files_only,
+            conditioning_embedding_out_channels=conditioning_embedding_out_channels,
+            clip_pretrained=clip_pretrained,
+            projector_generator=projector_generator,
+        )
+        image_size = components["unet"].config.sample_size * 2 ** (
+            len(components["vae"].config.block_out_channels) - 1
+        )
+        return cls(
+            **components, image_size=image_size, detail_map=detail_map, remove_background=remove_background
+        )

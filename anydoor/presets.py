@@ -1,0 +1,255 @@
+"""Model presets: the embedded default (tiny, random init) and the full-size configs.
+
+DESIGN.md section 4: no pretrained weights can be downloaded where this
+project is built and tested, so the embedded default builds the real
+classes at miniature size (64 px images, 16x16x4 latents, UNet + detail
+extractor about 1.3M parameters) and trains them briefly on synthetic data.
+The full-size configs describe the released model (SD2.1-base + DINOv2
+ViT-g/14 + detail extractor); built on the meta device they give its
+parameter counts without allocating memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+
+from anydoor.models.detail_extractor import build_detail_extractor
+from anydoor.models.id_extractors import ID_EXTRACTOR_NAMES, DINOv2IDExtractor, build_id_extractor
+
+TINY_IMAGE_SIZE = 64  # embedded default's image side (the released model: 512)
+ID_IMAGE_SIZE = 224  # the ID extractor's input side, at both sizes
+DINOV2_GIANT_IMAGE_SIZE = 518  # the released DINOv2-g weights carry a 37x37 grid
+TINY_CROSS_ATTENTION_DIM = 64
+TINY_CONDITIONING_CHANNELS = (16, 32, 32)  # x4 hint downsampling: 64 px -> 16x16 latents
+
+# SD2.1's noise schedule (DESIGN.md "Training recipe" / "Sampling recipe").
+_SD21_SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+
+
+def tiny_vae_config() -> dict:
+    """AutoencoderKL with x4 downsampling (3 blocks): 64 px -> 16x16x4 latents.
+
+    ``scaling_factor`` is 1.0 here; training sets it from the latent std
+    (SD's 0.18215 belongs to SD's VAE)."""
+    return dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=TINY_IMAGE_SIZE,
+        scaling_factor=1.0,
+    )
+
+
+def tiny_unet_config() -> dict:
+    """SD2.1's UNet layout in miniature: cross-attention at the high-resolution
+    level and in the middle block, a plain block at the lowest level, linear
+    attention projections, 16-wide heads, cross-attention width 64."""
+    return dict(
+        sample_size=TINY_IMAGE_SIZE // 4,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        attention_head_dim=(2, 4),  # diffusers' legacy name: the number of heads per level
+        cross_attention_dim=TINY_CROSS_ATTENTION_DIM,
+        use_linear_projection=True,
+        norm_num_groups=32,
+    )
+
+
+def tiny_dinov2_config() -> dict:
+    """A DINOv2-like backbone shaped like ViT-g/14 (SwiGLU MLP, layer scale,
+    64-wide heads, patch 14) but 64 wide and 2 layers deep; 224 px input."""
+    return dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=1,
+        mlp_ratio=4,
+        patch_size=14,
+        use_swiglu_ffn=True,
+        layerscale_value=1.0,
+        layer_norm_eps=1e-6,
+    )
+
+
+def tiny_clip_vision_config() -> dict:
+    """An open_clip ViT tower like ViT-H/14's but 64 wide and 2 layers deep."""
+    return dict(image_size=ID_IMAGE_SIZE, layers=2, width=64, head_width=64, patch_size=14)
+
+
+def sampling_scheduler() -> DDIMScheduler:
+    """The released sampler's DDIM schedule (DESIGN.md "Sampling recipe"):
+    50 steps give the timesteps 981, 961, ..., 1."""
+    return DDIMScheduler(
+        **_SD21_SCHEDULE,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="leading",
+        prediction_type="epsilon",
+    )
+
+
+def training_scheduler() -> DDPMScheduler:
+    """SD2.1's forward process for training (eps-prediction)."""
+    return DDPMScheduler(**_SD21_SCHEDULE, clip_sample=False, prediction_type="epsilon")
+
+
+def _seeded(seed: int, build: Callable[[], Any]) -> Any:
+    # diffusers/transformers constructors draw their init from torch's global
+    # RNG and take no generator: seed it inside a fork so the caller's global
+    # state is untouched and each model depends on its own seed only.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def tiny_components(seed: int = 0, id_extractor: str = "dinov2", vae: AutoencoderKL | None = None) -> dict:
+    """The embedded default's components, randomly initialised (DESIGN.md 4).
+
+    Each model is built from its own seed derived from ``seed`` (VAE, UNet,
+    detail extractor, ID extractor in that order), so e.g. the UNet does not
+    depend on which ID extractor is chosen or whether ``vae`` is given.
+
+    Args:
+        seed: base seed of the random initialisation.
+        id_extractor: one of ``ID_EXTRACTOR_NAMES``.
+        vae: a trained tiny VAE to reuse (x4 downsampling, 4 latent channels).
+
+    Returns:
+        dict with ``vae``, ``unet``, ``controlnet``, ``id_extractor``, ``scheduler``.
+    """
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if id_extractor not in ID_EXTRACTOR_NAMES:
+        raise ValueError(f"id_extractor must be one of {ID_EXTRACTOR_NAMES}, got {id_extractor!r}")
+    if vae is not None:
+        if not isinstance(vae, AutoencoderKL):
+            raise TypeError(f"vae must be a diffusers AutoencoderKL, got {type(vae).__name__}")
+        downscale = 2 ** (len(vae.config.block_out_channels) - 1)
+        if downscale != 4 or vae.config.latent_channels != 4:
+            raise ValueError(
+                "vae must downsample x4 into 4 latent channels to match the tiny UNet, "
+                f"got x{downscale} and {vae.config.latent_channels} channels"
+            )
+    vae_seed, unet_seed, controlnet_seed, id_seed = (
+        int(child.generate_state(1)[0]) for child in np.random.SeedSequence(int(seed)).spawn(4)
+    )
+
+    if vae is None:
+        vae = _seeded(vae_seed, lambda: AutoencoderKL(**tiny_vae_config()))
+    unet = _seeded(unet_seed, lambda: UNet2DConditionModel(**tiny_unet_config()))
+    controlnet = _seeded(controlnet_seed, lambda: build_detail_extractor(unet, TINY_CONDITIONING_CHANNELS))
+    extractor = _seeded(
+        id_seed,
+        lambda: build_id_extractor(
+            id_extractor,
+            cross_attention_dim=TINY_CROSS_ATTENTION_DIM,
+            backbone_config=tiny_dinov2_config(),
+            vision_config=tiny_clip_vision_config(),
+        ),
+    )
+    return dict(vae=vae, unet=unet, controlnet=controlnet, id_extractor=extractor, scheduler=sampling_scheduler())
+
+
+def full_size_configs() -> dict:
+    """Configs of the released model's networks (DESIGN.md 1 and 1c).
+
+    Keys: ``unet`` (SD2.1-base), ``vae`` (SD2.1), ``dinov2`` (ViT-g/14
+    architecture; the weights' grid is ``DINOV2_GIANT_IMAGE_SIZE``, AnyDoor runs
+    it at ``ID_IMAGE_SIZE``), ``clip_vision`` (open_clip ViT-H-14 tower, the
+    CLIP arm), ``detail_extractor`` (`build_detail_extractor` arguments) and
+    ``cross_attention_dim``.
+    """
+    return dict(
+        unet=dict(
+            sample_size=64,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            block_out_channels=(320, 640, 1280, 1280),
+            layers_per_block=2,
+            attention_head_dim=(5, 10, 20, 20),
+            cross_attention_dim=1024,
+            use_linear_projection=True,
+            norm_num_groups=32,
+            flip_sin_to_cos=True,
+            freq_shift=0,
+        ),
+        vae=dict(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            latent_channels=4,
+            norm_num_groups=32,
+            sample_size=512,
+            scaling_factor=0.18215,
+        ),
+        dinov2=dict(
+            hidden_size=1536,
+            num_hidden_layers=40,
+            num_attention_heads=24,
+            mlp_ratio=4,
+            patch_size=14,
+            use_swiglu_ffn=True,
+            layerscale_value=1.0,
+            layer_norm_eps=1e-6,
+        ),
+        clip_vision=dict(image_size=ID_IMAGE_SIZE, layers=32, width=1280, head_width=80, patch_size=14),
+        detail_extractor=dict(conditioning_embedding_out_channels=(16, 32, 96, 256), conditioning_channels=4),
+        cross_attention_dim=1024,
+    )
+
+
+def full_size_components(device: str | torch.device = "meta") -> dict:
+    """The released model's networks built from `full_size_configs` (random
+    init; on the meta device by default, for parameter counts).
+
+    Returns:
+        dict with ``vae``, ``unet``, ``controlnet``, ``id_extractor`` (DINOv2-g
+        at 224 px + projector) and ``scheduler``.
+    """
+    configs = full_size_configs()
+    with torch.device(device):
+        vae = AutoencoderKL(**configs["vae"])
+        unet = UNet2DConditionModel(**configs["unet"])
+        controlnet = build_detail_extractor(unet, **configs["detail_extractor"])
+        id_extractor = DINOv2IDExtractor(
+            backbone_config=configs["dinov2"],
+            cross_attention_dim=configs["cross_attention_dim"],
+            image_size=ID_IMAGE_SIZE,
+        )
+    return dict(vae=vae, unet=unet, controlnet=controlnet, id_extractor=id_extractor, scheduler=sampling_scheduler())
+
+
+def tiny_pipeline(
+    seed: int = 0,
+    id_extractor: str = "dinov2",
+    detail_map: str = "hf",
+    remove_background: bool = True,
+    vae: AutoencoderKL | None = None,
+):
+    """The embedded default assembled into an `AnyDoorPipeline` (untrained
+    networks, or a given trained tiny VAE); samples on a CPU in about a second."""
+    from anydoor.pipeline_anydoor import AnyDoorPipeline
+
+    components = tiny_components(seed=seed, id_extractor=id_extractor, vae=vae)
+    return AnyDoorPipeline(
+        **components, image_size=TINY_IMAGE_SIZE, detail_map=detail_map, remove_background=remove_background
+    )

@@ -1,0 +1,1 @@
+"""Training: configs, adaptive timestep sampling, the loop, the embedded VAE."""

@@ -1,0 +1,1 @@
+"""Evaluation: identity and ground-truth metrics, benchmark runner, paired statistics."""

@@ -1,0 +1,281 @@
+"""AnyDoorPipeline on diffusers-style dummy components (64 px, 2 steps, output_type="pt")."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+from anydoor import AnyDoorPipeline
+from anydoor.data.boxes import expand_box, mask_box
+from anydoor.models.denoiser import predict_noise
+from anydoor.presets import sampling_scheduler
+from anydoor.presets import tiny_pipeline
+
+
+def get_dummy_inputs(seed: int = 0, steps: int = 2) -> dict:
+    rng = np.random.default_rng(seed)
+    obj = np.full((48, 40, 3), 255, np.uint8)
+    obj_mask = np.zeros((48, 40), bool)
+    obj_mask[6:42, 8:34] = True
+    obj[obj_mask] = rng.integers(0, 255, (obj_mask.sum(), 3), dtype=np.uint8)
+    scene = rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)
+    scene_mask = np.zeros((80, 96), bool)
+    scene_mask[20:50, 30:60] = True
+    return dict(
+        object_image=obj,
+        object_mask=obj_mask,
+        scene_image=scene,
+        scene_mask=scene_mask,
+        num_inference_steps=steps,
+        guidance_scale=5.0,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="pt",
+    )
+
+
+@pytest.fixture(scope="module")
+def pipe() -> AnyDoorPipeline:
+    pipe = tiny_pipeline(seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_output_shapes_and_ranges(pipe):
+    out = pipe(**get_dummy_inputs())
+    assert out.crops.shape == (1, 3, 64, 64)
+    assert len(out.images) == 1 and out.images[0].shape == (3, 80, 96)
+    for x in (out.crops, out.images[0]):
+        assert x.min() >= 0 and x.max() <= 1 and torch.isfinite(x).all()
+
+
+def test_deterministic_for_a_seed_and_seed_dependent(pipe):
+    a = pipe(**get_dummy_inputs(seed=0)).crops
+    b = pipe(**get_dummy_inputs(seed=0)).crops
+    inputs = get_dummy_inputs(seed=0)
+    inputs["generator"] = torch.Generator().manual_seed(1)
+    c = pipe(**inputs).crops
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (a - c).abs().max() > 1e-3
+
+
+def test_batch_of_two_equals_two_single_calls(pipe):
+    one = get_dummy_inputs(seed=0)
+    two = get_dummy_inputs(seed=1)
+    singles = [pipe(**one).crops, pipe(**two).crops]
+    batched = pipe(
+        object_image=[one["object_image"], two["object_image"]],
+        object_mask=[one["object_mask"], two["object_mask"]],
+        scene_image=[one["scene_image"], two["scene_image"]],
+        scene_mask=[one["scene_mask"], two["scene_mask"]],
+        num_inference_steps=2,
+        generator=[torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)],
+        output_type="pt",
+    ).crops
+    torch.testing.assert_close(batched, torch.cat(singles), atol=1e-5, rtol=1e-4)
+
+
+def test_num_images_per_prompt_with_generator_list(pipe):
+    inputs = get_dummy_inputs()
+    inputs["num_images_per_prompt"] = 2
+    inputs["generator"] = [torch.Generator().manual_seed(0), torch.Generator().manual_seed(7)]
+    out = pipe(**inputs)
+    assert out.crops.shape == (2, 3, 64, 64) and len(out.images) == 2
+    single = get_dummy_inputs()
+    single["generator"] = torch.Generator().manual_seed(7)
+    torch.testing.assert_close(out.crops[1:], pipe(**single).crops, atol=1e-5, rtol=1e-4)
+
+
+def _released_loop(pipe: AnyDoorPipeline, inputs: dict) -> torch.Tensor:
+    """The released sampling loop, written independently: two guidance passes
+    per step (conditional, then unconditional), DDIM, then the VAE decode."""
+    sample = pipe.prepare_inputs(inputs["object_image"], inputs["object_mask"], inputs["scene_image"],
+                                 scene_mask=inputs["scene_mask"])
+    reference = torch.from_numpy(sample.reference).permute(2, 0, 1)[None]
+    hint = torch.from_numpy(sample.hint).permute(2, 0, 1)[None]
+    cond = pipe.id_extractor(reference)
+    uncond = pipe.id_extractor(torch.zeros_like(reference))
+    scheduler = sampling_scheduler()
+    scheduler.set_timesteps(inputs["num_inference_steps"])
+    latents = torch.randn((1, 4, 16, 16), generator=torch.Generator().manual_seed(0))
+    g = inputs["guidance_scale"]
+    for t in scheduler.timesteps:
+        e_c = predict_noise(pipe.unet, pipe.controlnet, latents, t, cond, hint)
+        e_u = predict_noise(pipe.unet, pipe.controlnet, latents, t, uncond, hint)
+        latents = scheduler.step(e_u + g * (e_c - e_u), t, latents, eta=0.0).prev_sample
+    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    return (image.clamp(-1, 1) + 1) / 2
+
+
+@torch.no_grad()
+def test_batched_guidance_equals_two_separate_passes(pipe):
+    inputs = get_dummy_inputs()
+    torch.testing.assert_close(pipe(**inputs).crops, _released_loop(pipe, inputs), atol=1e-5, rtol=1e-4)
+
+
+def test_guidance_one_runs_the_conditional_branch_only(pipe):
+    batch_sizes = []
+
+    def record(module, args, kwargs):
+        sample = args[0] if args else kwargs["sample"]
+        batch_sizes.append(sample.shape[0])
+
+    handle = pipe.controlnet.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        inputs = get_dummy_inputs()
+        inputs["guidance_scale"] = 1.0
+        pipe(**inputs)
+        inputs["guidance_scale"] = 5.0
+        pipe(**inputs)
+    finally:
+        handle.remove()
+    assert batch_sizes == [1, 1, 2, 2]
+
+
+def test_default_ddim_timesteps_are_the_released_ones(pipe):
+    pipe.scheduler.set_timesteps(50)
+    assert pipe.scheduler.timesteps.tolist() == list(range(981, 0, -20))
+
+
+def test_save_load_round_trip(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = AnyDoorPipeline.from_pretrained(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.image_size == 64 and loaded.config.detail_map == "hf"
+    assert type(loaded.id_extractor) is type(pipe.id_extractor)
+    torch.testing.assert_close(loaded(**get_dummy_inputs()).crops, pipe(**get_dummy_inputs()).crops, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("scheduler_cls", [DPMSolverMultistepScheduler, UniPCMultistepScheduler])
+def test_scheduler_swap_runs(pipe, scheduler_cls):
+    original = pipe.scheduler
+    try:
+        pipe.scheduler = scheduler_cls.from_config(original.config)
+        out = pipe(**get_dummy_inputs())
+        assert torch.isfinite(out.crops).all()
+    finally:
+        pipe.scheduler = original
+
+
+def test_v_prediction_is_refused(pipe):
+    original = pipe.scheduler
+    try:
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(original.config, prediction_type="v_prediction")
+        with pytest.raises(ValueError, match="v_prediction"):
+            pipe(**get_dummy_inputs())
+    finally:
+        pipe.scheduler = original
+
+
+def test_every_pixel_outside_the_crop_box_equals_the_scene(pipe):
+    inputs = get_dummy_inputs()
+    inputs["output_type"] = "np"
+    out = pipe(**inputs)
+    composite = (out.images[0] * 255).round().astype(np.uint8)
+    sample = pipe.prepare_inputs(inputs["object_image"], inputs["object_mask"], inputs["scene_image"],
+                                 scene_mask=inputs["scene_mask"])
+    x0, y0, x1, y1 = sample.paste.crop_box
+    outside = np.ones(composite.shape[:2], bool)
+    outside[y0:y1, x0:x1] = False
+    assert outside.any()
+    np.testing.assert_array_equal(composite[outside], inputs["scene_image"][outside])
+    assert not np.array_equal(composite[~outside], inputs["scene_image"][~outside])
+
+
+def test_scene_box_and_rgba_object(pipe):
+    inputs = get_dummy_inputs()
+    rgba = np.dstack([inputs.pop("object_image"), inputs.pop("object_mask").astype(np.uint8) * 255])
+    inputs.pop("scene_mask")
+    out = pipe(object_image=rgba, scene_box=(30, 20, 60, 50), **inputs)
+    assert out.crops.shape == (1, 3, 64, 64)
+
+
+@pytest.mark.parametrize("id_extractor", ["dinov2", "dinov2-global", "clip"])
+def test_each_id_extractor_end_to_end(id_extractor):
+    pipe = tiny_pipeline(seed=0, id_extractor=id_extractor)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(**get_dummy_inputs())
+    assert out.crops.shape == (1, 3, 64, 64) and torch.isfinite(out.crops).all()
+
+
+@pytest.mark.parametrize("detail_map", ["hf", "rgb", "noise", "shuffle", "none"])
+def test_each_detail_map_end_to_end(detail_map):
+    pipe = tiny_pipeline(seed=0, detail_map=detail_map)
+    pipe.set_progress_bar_config(disable=True)
+    a = pipe(**get_dummy_inputs()).crops
+    b = pipe(**get_dummy_inputs()).crops
+    torch.testing.assert_close(a, b, rtol=0, atol=0)  # random maps draw from the generator
+
+
+def test_random_detail_map_needs_a_generator():
+    pipe = tiny_pipeline(seed=0, detail_map="noise")
+    inputs = get_dummy_inputs()
+    inputs["generator"] = None
+    with pytest.raises(ValueError, match="torch.Generator"):
+        pipe(**inputs)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(scene_box=(30, 20, 60, 50)), "exactly one of scene_mask or scene_box"),
+        (dict(scene_mask=None), "exactly one of scene_mask or scene_box"),
+        (dict(num_inference_steps=0), "num_inference_steps"),
+        (dict(output_type="jpeg"), "output_type"),
+        (dict(generator=[torch.Generator()] * 3), "generator is a list of 3"),
+        (dict(object_mask=None), "object_mask"),
+        (dict(object_mask=np.zeros((48, 40), bool)), "empty"),
+        (dict(scene_mask=np.ones((10, 10), bool)), "size"),
+    ],
+)
+def test_bad_inputs_give_clear_errors(pipe, change, message):
+    inputs = get_dummy_inputs()
+    inputs.update(change)
+    with pytest.raises((ValueError, TypeError), match=message):
+        pipe(**inputs)
+
+
+def test_from_base_models_on_tiny_models_in_the_real_layout(tmp_path):
+    """Tiny SD components saved with save_pretrained, a tiny Dinov2Model with a
+    518-style grid, loaded back through the libraries' loaders."""
+    from diffusers import DDPMScheduler
+    from transformers import Dinov2Config, Dinov2Model
+
+    from anydoor.presets import tiny_components, tiny_dinov2_config
+
+    parts = tiny_components(seed=0)
+    sd = tmp_path / "sd21-base"
+    parts["unet"].save_pretrained(sd / "unet")
+    parts["vae"].save_pretrained(sd / "vae")
+    DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(sd / "scheduler")
+    torch.manual_seed(0)
+    backbone = Dinov2Model(Dinov2Config(**{**tiny_dinov2_config(), "image_size": 518}))
+    backbone.save_pretrained(tmp_path / "dinov2")
+
+    pipe = AnyDoorPipeline.from_base_models(
+        stable_diffusion=sd, id_backbone=tmp_path / "dinov2", conditioning_embedding_out_channels=(16, 32, 32)
+    )
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.config.image_size == 64
+    assert torch.count_nonzero(pipe.controlnet.conv_in.weight) == 0
+    out = pipe(**get_dummy_inputs())
+    assert torch.isfinite(out.crops).all()
+
+
+def test_from_base_models_refuses_v_prediction(tmp_path):
+    from diffusers import DDPMScheduler
+
+    DDPMScheduler(prediction_type="v_prediction").save_pretrained(tmp_path / "sd21" / "scheduler")
+    with pytest.raises(ValueError, match="SD2.1-base"):
+        AnyDoorPipeline.from_base_models(stable_diffusion=tmp_path / "sd21", id_backbone=tmp_path / "x")
+
+
+def test_from_base_models_fails_fast_when_nothing_is_there(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(FileNotFoundError, match="stable-diffusion-2-1-base"):
+        AnyDoorPipeline.from_base_models()
+    assert time.monotonic() - start < 30
