@@ -5,9 +5,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEMO_DIR ?= outputs/demo
 export WANDB_MODE ?= offline
 export HF_HUB_DISABLE_TELEMETRY := 1
+# Nothing is downloaded by the demo or the tests: fail fast instead of retrying the Hub.
+export HF_HUB_OFFLINE ?= 1
 export PYTHONHASHSEED := 0
 
 .PHONY: setup demo test lab bench clean
@@ -24,7 +25,7 @@ $(STAMP): pyproject.toml requirements-lock.txt
 	@touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/anydoor demo --out $(DEMO_DIR)
+	$(VENV)/bin/anydoor demo
 
 test: setup
 	$(VPY) -m pytest -q

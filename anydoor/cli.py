@@ -130,7 +130,180 @@ def _evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-COMMANDS = [_synth_data, _convert_released, _evaluate]
+def _compose(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compose", help="put an object into a scene with a pipeline folder")
+    p.add_argument("--pipeline", required=True, type=Path, help="AnyDoorPipeline folder (trained or converted)")
+    p.add_argument("--object", required=True, type=Path, help="object image (an RGBA's alpha is its mask)")
+    p.add_argument("--object-mask", type=Path, default=None, help="object mask (needed for RGB objects)")
+    p.add_argument("--scene", required=True, type=Path, help="scene image")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--scene-mask", type=Path, help="where the object goes: a mask (its shape guides the silhouette)")
+    where.add_argument("--box", help="where the object goes: x0,y0,x1,y1 in scene pixels")
+    p.add_argument("--out", required=True, type=Path, help="output composite (PNG)")
+    p.add_argument("--steps", type=int, default=50, help="sampler steps (released: 50)")
+    p.add_argument("--guidance", type=float, default=5.0, help="guidance scale (released: 5.0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+
+    def run(args: argparse.Namespace) -> int:
+        import PIL.Image
+        import torch
+
+        from anydoor import AnyDoorPipeline
+
+        for name in ("pipeline", "object", "scene", "object_mask", "scene_mask"):
+            path = getattr(args, name)
+            if path is not None and not path.exists():
+                raise FileNotFoundError(f"--{name.replace('_', '-')} {str(path)!r} does not exist")
+        box = None
+        if args.box is not None:
+            try:
+                box = tuple(int(v) for v in args.box.split(","))
+            except ValueError:
+                box = ()
+            if len(box) != 4:
+                raise ValueError(f"--box must be four integers x0,y0,x1,y1, got {args.box!r}")
+        pipe = AnyDoorPipeline.from_pretrained(args.pipeline).to(args.device)
+        obj = PIL.Image.open(args.object)
+        out = pipe(
+            object_image=obj,
+            object_mask=None if args.object_mask is None else PIL.Image.open(args.object_mask),
+            scene_image=PIL.Image.open(args.scene).convert("RGB"),
+            scene_mask=None if args.scene_mask is None else PIL.Image.open(args.scene_mask),
+            scene_box=box,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            generator=torch.Generator(args.device).manual_seed(args.seed),
+        )
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        out.images[0].save(args.out)
+        print(f"wrote {args.out}")
+        return 0
+
+    p.set_defaults(handler=run)
+
+
+def _sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="run an ablation sweep (papermill per run, resumable)")
+    p.add_argument("spec", type=Path, help="sweep spec (YAML, see sweeps/)")
+    p.add_argument("--sweep-dir", type=Path, default=None, help="output folder (default outputs/sweeps/<name>)")
+    p.add_argument("--jobs", type=int, default=1, help="runs executed in parallel")
+    p.add_argument("--only", default=None, help="run one ablation of the spec")
+    p.add_argument("--run-id", default=None, help="run one run of the spec by id (what `wandb agent` calls)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs that would execute")
+    p.add_argument("--retry-failed", action="store_true", help="rerun runs that failed before")
+    p.add_argument("--timeout", type=int, default=None, help="seconds per run (default: the spec's timeout_s)")
+    p.add_argument("--wandb-sweep", type=Path, default=None, metavar="FILE",
+                   help="write a W&B sweep config (grid over run ids) to FILE instead of running")
+
+    def run(args: argparse.Namespace) -> int:
+        import yaml
+
+        from eval.sweeps import SweepSpec, run_sweep, wandb_sweep_config
+
+        sweep_dir = args.sweep_dir or Path("outputs/sweeps") / SweepSpec.load(args.spec).name
+        if args.wandb_sweep is not None:
+            args.wandb_sweep.write_text(yaml.safe_dump(wandb_sweep_config(args.spec, sweep_dir), sort_keys=False))
+            print(f"wrote {args.wandb_sweep}: `wandb sweep {args.wandb_sweep}`, then `wandb agent <sweep id>` on each machine")
+            return 0
+        result = run_sweep(
+            args.spec, sweep_dir, jobs=args.jobs, only=args.only, run_ids=[args.run_id] if args.run_id else None,
+            dry_run=args.dry_run, retry_failed=args.retry_failed, timeout_s=args.timeout,
+        )
+        print(result.describe())
+        return 1 if result.counts()["failed"] else 0
+
+    p.set_defaults(handler=run)
+
+
+def _demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the main job: every ablation on the embedded default, then the report")
+    p.add_argument("--jobs", type=int, default=1, help="sweep runs executed in parallel")
+
+    def run(args: argparse.Namespace) -> int:
+        from eval.demo import run_demo
+
+        run_demo(jobs=args.jobs)
+        return 0
+
+    p.set_defaults(handler=run)
+
+
+def _train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train AnyDoor from a YAML config (Accelerate: CPU, GPU, `accelerate launch`)")
+    p.add_argument("--config", type=Path, required=True, help="training config (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (dotted, YAML value), e.g. --set max_steps=20 --set data.0.weight=2")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH",
+                   help="continue from the latest complete checkpoint in output_dir, or in PATH (a run or checkpoint "
+                        "folder); 'auto' starts fresh when there is none")
+
+    def run(args: argparse.Namespace) -> int:
+        from anydoor.training.loop import NonFiniteLossError, train
+
+        try:
+            result = train(args.config, resume=args.resume, overrides=args.overrides)
+        except NonFiniteLossError as err:
+            print(f"anydoor train: error: {err}", file=sys.stderr)
+            return 1
+        print(f"trained {result.step} steps; pipeline in {result.pipeline_dir}")
+        return 0
+
+    p.set_defaults(handler=run)
+
+
+def _train_vae(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-vae", help="train the embedded default's tiny VAE on the synthetic images (cached)")
+    p.add_argument("--data", type=Path, required=True, help="synthetic data set (`anydoor synth-data`)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (reused when its cache key matches)")
+    p.add_argument("--steps", type=int, default=None, help="Adam steps (default: VAETrainSettings.steps)")
+    p.add_argument("--batch-size", type=int, default=None, help="crops per step (default: VAETrainSettings.batch_size)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the init, crops and posterior samples")
+    p.add_argument("--force", action="store_true", help="train even when a matching VAE is cached in --out")
+
+    def run(args: argparse.Namespace) -> int:
+        import json
+
+        from anydoor.training.vae import META_FILE, ensure_tiny_vae, train_vae
+
+        given = dict(steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+        settings = {k: v for k, v in given.items() if v is not None}
+        if args.force:
+            train_vae(args.data, args.out, **settings)
+        else:
+            ensure_tiny_vae(args.data, args.out, **settings)
+        meta = json.loads((args.out / META_FILE).read_text())
+        print(
+            f"tiny VAE in {args.out}: held-out PSNR {meta['psnr_held_out']:.2f} dB "
+            f"(untrained {meta['psnr_untrained']:.2f} dB), scaling_factor {meta['scaling_factor']:.4f}, "
+            f"trained in {meta['train_seconds']:.0f} s"
+        )
+        return 0
+
+    p.set_defaults(handler=run)
+
+
+def _report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report", help="render a sweep's report (HTML + Markdown: tables with CIs, plots, sample grids)",
+        description="Render reports/<sweep>/index.html and report.md from a sweep's run folders alone (no W&B "
+        "server): per ablation the table with 95%% CIs, the paired differences against the full method "
+        "(Holm-corrected), bar charts, loss curves and a sample grid; then print a short summary.",
+    )
+    p.add_argument("sweep_dir", type=Path, help="the sweep folder (holds sweep.json)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default reports/<sweep name>/)")
+
+    def run(args: argparse.Namespace) -> int:
+        from eval.report import render_report, summary_text
+
+        print(render_report(args.sweep_dir, args.out))
+        print(summary_text(args.sweep_dir))
+        return 0
+
+    p.set_defaults(handler=run)
+
+
+COMMANDS = [_synth_data, _compose, _sweep, _demo, _convert_released, _evaluate, _train, _train_vae, _report]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -279,3 +279,22 @@ def test_from_base_models_fails_fast_when_nothing_is_there(monkeypatch):
     with pytest.raises(FileNotFoundError, match="stable-diffusion-2-1-base"):
         AnyDoorPipeline.from_base_models()
     assert time.monotonic() - start < 30
+
+
+def test_compose_cli_writes_a_composite(pipe, tmp_path):
+    import PIL.Image
+
+    from anydoor.cli import main
+
+    pipe.save_pretrained(tmp_path / "pipe")
+    inputs = get_dummy_inputs()
+    rgba = np.dstack([inputs["object_image"], inputs["object_mask"].astype(np.uint8) * 255])
+    PIL.Image.fromarray(rgba).save(tmp_path / "object.png")
+    PIL.Image.fromarray(inputs["scene_image"]).save(tmp_path / "scene.png")
+    args = ["compose", "--pipeline", str(tmp_path / "pipe"), "--object", str(tmp_path / "object.png"),
+            "--scene", str(tmp_path / "scene.png"), "--box", "30,20,60,50", "--steps", "2",
+            "--out", str(tmp_path / "out.png")]
+    assert main(args) == 0
+    assert PIL.Image.open(tmp_path / "out.png").size == (96, 80)
+    bad_box = [a if a != "30,20,60,50" else "1,2,3" for a in args]
+    assert main(bad_box) == 2  # a one-line error, not a traceback
