@@ -287,7 +287,7 @@ def _report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report", help="render a sweep's report (HTML + Markdown: tables with CIs, plots, sample grids)",
         description="Render reports/<sweep>/index.html and report.md from a sweep's run folders alone (no W&B "
-        "server): per ablation the table with 95%% CIs, the paired differences against the full method "
+        "server): per ablation the table with 95% CIs, the paired differences against the full method "
         "(Holm-corrected), bar charts, loss curves and a sample grid; then print a short summary.",
     )
     p.add_argument("sweep_dir", type=Path, help="the sweep folder (holds sweep.json)")

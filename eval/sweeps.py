@@ -249,6 +249,7 @@ def execute_run(
     sweep_name: str,
     timeout_s: int,
     project_root: Path,
+    threads: int | None = None,
 ) -> RunResult:
     """Execute one run with papermill in a child process (its own process
     group, so a timeout kills the kernel too). DONE is written last, by the
@@ -265,8 +266,11 @@ def execute_run(
     ]
     log_path = run_dir / "papermill.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")})
+        env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
+        if threads and "OMP_NUM_THREADS" not in os.environ:
+            # parallel jobs share the cores: oversubscribed OpenMP threads spin
+            env["OMP_NUM_THREADS"] = str(threads)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         try:
             code = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -347,7 +351,8 @@ def run_sweep(
     def one(run: Run) -> RunResult:
         arms = ", ".join(f"{a}/{b}" for a, b in run.members)
         log(f"[sweep] start {run.run_id} [{arms}]")
-        r = execute_run(run, sweep_dir, notebook, spec.name, timeout, project_root)
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        r = execute_run(run, sweep_dir, notebook, spec.name, timeout, project_root, threads)
         log(f"[sweep] {r.status} {run.run_id} in {r.seconds:.0f} s" + (f": {r.reason}" if r.reason else ""))
         return r
 
