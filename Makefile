@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml requirements-lock.txt
 	@touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/anydoor demo
+	$(VENV)/bin/anydoor demo --jobs 2
 
 test: setup
 	$(VPY) -m pytest -q

@@ -303,7 +303,26 @@ def _report(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-COMMANDS = [_synth_data, _compose, _sweep, _demo, _convert_released, _evaluate, _train, _train_vae, _report]
+def _train_base(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-base", help="pretrain the tiny UNet every embedded-default arm starts from")
+    p.add_argument("--data", required=True, type=Path, help="synthetic data set (`anydoor synth-data`)")
+    p.add_argument("--vae", required=True, type=Path, help="the trained tiny VAE (`anydoor train-vae`)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (reused when its cache key matches)")
+    p.add_argument("--steps", type=int, default=None, help="AdamW steps (default: BaseTrainSettings.steps)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the init, crops, timesteps and noise")
+
+    def run(args: argparse.Namespace) -> int:
+        from anydoor.training.base_unet import ensure_tiny_base
+
+        settings = {"seed": args.seed} | ({"steps": args.steps} if args.steps else {})
+        out = ensure_tiny_base(args.data, args.vae, args.out, **settings)
+        print(f"tiny base UNet in {out}: {(out / 'base_meta.json').read_text().strip()}")
+        return 0
+
+    p.set_defaults(handler=run)
+
+
+COMMANDS = [_synth_data, _train_vae, _train_base, _train, _compose, _evaluate, _sweep, _report, _demo, _convert_released]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -116,7 +116,12 @@ def _seeded(seed: int, build: Callable[[], Any]) -> Any:
         return build()
 
 
-def tiny_components(seed: int = 0, id_extractor: str = "dinov2", vae: AutoencoderKL | None = None) -> dict:
+def tiny_components(
+    seed: int = 0,
+    id_extractor: str = "dinov2",
+    vae: AutoencoderKL | None = None,
+    unet: UNet2DConditionModel | None = None,
+) -> dict:
     """The embedded default's components, randomly initialised (DESIGN.md 4).
 
     Each model is built from its own seed derived from ``seed`` (VAE, UNet,
@@ -127,6 +132,9 @@ def tiny_components(seed: int = 0, id_extractor: str = "dinov2", vae: Autoencode
         seed: base seed of the random initialisation.
         id_extractor: one of ``ID_EXTRACTOR_NAMES``.
         vae: a trained tiny VAE to reuse (x4 downsampling, 4 latent channels).
+        unet: a pretrained tiny UNet to start from (`anydoor.training.base_unet`,
+            the embedded default's stand-in for SD2.1); the detail extractor
+            is copied from its encoder, as the released model's was from SD's.
 
     Returns:
         dict with ``vae``, ``unet``, ``controlnet``, ``id_extractor``, ``scheduler``.
@@ -150,7 +158,10 @@ def tiny_components(seed: int = 0, id_extractor: str = "dinov2", vae: Autoencode
 
     if vae is None:
         vae = _seeded(vae_seed, lambda: AutoencoderKL(**tiny_vae_config()))
-    unet = _seeded(unet_seed, lambda: UNet2DConditionModel(**tiny_unet_config()))
+    if unet is None:
+        unet = _seeded(unet_seed, lambda: UNet2DConditionModel(**tiny_unet_config()))
+    elif not isinstance(unet, UNet2DConditionModel) or unet.config.cross_attention_dim != TINY_CROSS_ATTENTION_DIM:
+        raise TypeError(f"unet must be a tiny UNet2DConditionModel (cross_attention_dim {TINY_CROSS_ATTENTION_DIM}), got {unet!r:.80}")
     controlnet = _seeded(controlnet_seed, lambda: build_detail_extractor(unet, TINY_CONDITIONING_CHANNELS))
     extractor = _seeded(
         id_seed,

@@ -68,7 +68,7 @@ class Ablation:
     description: str
     reference: str
     arms: list[str]
-    run_ids: dict[str, str]
+    run_ids: dict[str, list[str]]  # arm -> its runs (one per training seed)
     results: pd.DataFrame
     baseline_arms: list[str] = field(default_factory=list)
     reference_arms: list[str] = field(default_factory=list)
@@ -119,20 +119,21 @@ def load_ablation(sweep_dir: str | PathLike, name: str, with_baselines: bool = T
     spec = index["ablations"][name]
     frames, missing = [], []
 
-    def add(arm: str, rid: str) -> bool:
-        df = run_results(sweep_dir, rid)
-        if df is None:
+    def add(arm: str, rids: list[str]) -> bool:
+        found = [(rid, run_results(sweep_dir, rid)) for rid in rids]
+        if any(df is None for _, df in found):
             missing.append(arm)
             return False
-        frames.append(df.assign(arm=arm, run_id=rid))
+        frames.extend(df.assign(arm=arm, run_id=rid) for rid, df in found)
         return True
 
-    arms = [arm for arm, rid in spec["arms"].items() if add(arm, rid)]
+    arms = [arm for arm, rids in spec["arms"].items() if add(arm, rids)]
     reference_arms: list[str] = []
     if with_reference_rows and name != REFERENCE_ROWS and REFERENCE_ROWS in index["ablations"]:
         rows = index["ablations"][REFERENCE_ROWS]
-        for arm, rid in rows["arms"].items():
-            if arm != rows.get("reference") and rid not in spec["arms"].values() and add(arm, rid):
+        ours = {rid for rids in spec["arms"].values() for rid in rids}
+        for arm, rids in rows["arms"].items():
+            if arm != rows.get("reference") and not set(rids) & ours and add(arm, rids):
                 reference_arms.append(arm)
     baseline_arms: list[str] = []
     if with_baselines and frames:
@@ -147,7 +148,7 @@ def load_ablation(sweep_dir: str | PathLike, name: str, with_baselines: bool = T
         description=spec.get("description", ""),
         reference=reference,
         arms=arms,
-        run_ids=dict(spec["arms"]),
+        run_ids={arm: list(rids) for arm, rids in spec["arms"].items()},
         results=results,
         baseline_arms=baseline_arms,
         reference_arms=reference_arms,
@@ -160,10 +161,11 @@ def training_curves(sweep_dir: str | PathLike, ablation: Ablation) -> dict[str, 
     """arm -> its metrics.jsonl (loss per step), for the arms that trained."""
     curves = {}
     for arm in ablation.arms + ablation.reference_arms:
-        rid = ablation.results.loc[ablation.results["arm"] == arm, "run_id"].iloc[0]
-        path = Path(sweep_dir) / "runs" / rid / "checkpoint" / "metrics.jsonl"
-        if path.is_file():
-            curves[arm] = pd.read_json(path, lines=True)
+        for rid in sorted(ablation.results.loc[ablation.results["arm"] == arm, "run_id"].unique()):
+            path = Path(sweep_dir) / "runs" / rid / "checkpoint" / "metrics.jsonl"
+            if path.is_file():
+                label = arm if len(curves.get(arm, ())) == 0 and arm not in curves else f"{arm} ({rid})"
+                curves[label] = pd.read_json(path, lines=True)
     return curves
 
 

@@ -28,7 +28,7 @@ EVAL_ONLY = ("seeds", "num_inference_steps", "guidance_scale", "random_backbones
 # documents each); `collect_params` picks them from the notebook's globals.
 ARM_PARAMETER_NAMES = (
     "run_dir", "run_id", "sweep_name", "sweep_dir", "tags", "benchmark", "train_config", "checkpoint",
-    "preset", "vae", "id_extractor", "remove_background", "detail_map", "timestep_sampler",
+    "preset", "vae", "base_unet", "id_extractor", "remove_background", "detail_map", "timestep_sampler",
     "conditioning_dropout", "max_steps", "batch_size", "learning_rate", "train_seed", "seeds",
     "num_inference_steps", "guidance_scale", "random_backbones", "eval_batch_size", "wandb_project",
 )
@@ -37,6 +37,7 @@ ARM_PARAMETER_NAMES = (
 TRAIN_KEYS = {
     "preset": "model.preset",
     "vae": "model.vae",
+    "base_unet": "model.base_unet",
     "id_extractor": "model.id_extractor",
     "remove_background": "model.remove_background",
     "detail_map": "model.detail_map",
@@ -94,7 +95,6 @@ def train_arm(params: dict, run_dir: str | PathLike, sweep_dir: str | PathLike |
     from its latest complete checkpoint after an interruption.
     """
     from anydoor.training import train
-    from anydoor.training.loop import save_untrained
 
     if params.get("checkpoint"):
         folder = Path(params["checkpoint"])
@@ -112,11 +112,7 @@ def train_arm(params: dict, run_dir: str | PathLike, sweep_dir: str | PathLike |
     pipeline_dir = train_dir / "pipeline"
     with _locked(train_dir):
         if not (pipeline_dir / "model_index.json").is_file():
-            config = train_config_for(params, train_dir)
-            if config.max_steps == 0:
-                save_untrained(config)
-            else:
-                train(config, resume="auto")
+            train(train_config_for(params, train_dir), resume="auto")  # max_steps 0: the untrained model
     return pipeline_dir
 
 

@@ -443,7 +443,7 @@ def _notebook_for(name: str, notebooks: dict[str, str]) -> str | None:
 def _ablation_section(doc, section, sweep_dir, index, provenance, notebooks, out_dir) -> None:
     ab = section.ablation
     doc.heading(f"{ab.name}: {ab.description}" if ab.description else ab.name)
-    runs = "; ".join(f"{arm}: runs/{rid}" for arm, rid in ab.run_ids.items())
+    runs = "; ".join(f"{arm}: " + ", ".join(f"runs/{rid}" for rid in rids) for arm, rids in ab.run_ids.items())
     doc.para(f"Reference arm (the full method): {ab.reference}. Run folders: {runs}.")
     if ab.missing:
         doc.para(f"Missing (not finished): {', '.join(ab.missing)}.", "note")

@@ -17,6 +17,7 @@ the next invocation without duplicated or half-written results.
 from __future__ import annotations
 
 import copy
+import fcntl
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +36,8 @@ import yaml
 
 DONE = "DONE"
 FAILED = "FAILED"
-KEPT_ON_RETRY = ("checkpoint",)  # a redone run resumes training from here
-SPEC_KEYS = {"name", "description", "benchmark", "notebook", "parameters", "ablations", "timeout_s"}
+KEPT_ON_RETRY = ("checkpoint", ".lock")  # a redone run resumes training from its checkpoint
+SPEC_KEYS = {"name", "description", "benchmark", "notebook", "parameters", "ablations", "timeout_s", "train_seeds"}
 ABLATION_KEYS = {"description", "reference", "arms", "paper_table"}
 
 
@@ -61,6 +63,7 @@ class SweepSpec:
     ablations: dict
     description: str = ""
     timeout_s: int = 3600
+    train_seeds: list[int] | None = None  # each arm trained once per seed (parameter train_seed)
     path: Path | None = None
 
     @classmethod
@@ -85,6 +88,7 @@ class SweepSpec:
             ablations=dict(raw["ablations"]),
             description=str(raw.get("description", "")),
             timeout_s=int(raw.get("timeout_s", 3600)),
+            train_seeds=None if raw.get("train_seeds") is None else [int(x) for x in raw["train_seeds"]],
             path=path,
         )
         spec.validate()
@@ -113,11 +117,18 @@ class SweepSpec:
                         f"parameters of the sweep (known: {sorted(self.parameters)})"
                     )
 
-    def arm_params(self, ablation: str, arm: str) -> dict:
+    def arm_params(self, ablation: str, arm: str, train_seed: int | None = None) -> dict:
         params = copy.deepcopy(self.parameters)
         params.update(copy.deepcopy(self.ablations[ablation]["arms"][arm] or {}))
         params["benchmark"] = self.benchmark
+        if train_seed is not None:
+            params["train_seed"] = train_seed
         return params
+
+    def arm_runs(self, ablation: str, arm: str) -> list[dict]:
+        """The parameter sets of one arm: one per training seed."""
+        seeds = self.train_seeds or [None]
+        return [self.arm_params(ablation, arm, seed) for seed in seeds]
 
     def expand(self, only: str | None = None) -> list[Run]:
         """Unique runs, in spec order; identical parameter sets are shared."""
@@ -128,9 +139,9 @@ class SweepSpec:
             if only is not None and ablation != only:
                 continue
             for arm in spec["arms"]:
-                params = self.arm_params(ablation, arm)
-                rid = run_id(params)
-                runs.setdefault(rid, (params, []))[1].append((ablation, arm))
+                for params in self.arm_runs(ablation, arm):
+                    rid = run_id(params)
+                    runs.setdefault(rid, (params, []))[1].append((ablation, arm))
         return [Run(rid, params, tuple(members)) for rid, (params, members) in runs.items()]
 
 
@@ -195,7 +206,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def write_sweep_index(spec: SweepSpec, runs: list[Run], sweep_dir: Path) -> None:
-    """`sweep.json`: the spec and which run serves which (ablation, arm); reports read it."""
+    """`sweep.json`: the spec and which runs serve which (ablation, arm) (a
+    list: one run per training seed); reports read it."""
     index = {
         "name": spec.name,
         "description": spec.description,
@@ -207,7 +219,7 @@ def write_sweep_index(spec: SweepSpec, runs: list[Run], sweep_dir: Path) -> None
                 "description": ab.get("description", ""),
                 "reference": ab.get("reference"),
                 "paper_table": ab.get("paper_table"),
-                "arms": {arm: run_id(spec.arm_params(name, arm)) for arm in ab["arms"]},
+                "arms": {arm: [run_id(p) for p in spec.arm_runs(name, arm)] for arm in ab["arms"]},
             }
             for name, ab in spec.ablations.items()
         },
@@ -242,6 +254,34 @@ def notebook_parameters(run: Run, run_dir: Path, sweep_dir: Path, sweep_name: st
     )
 
 
+def _die_with_parent() -> None:
+    """Child setup: on Linux, SIGKILL this process when the runner dies (even
+    by kill -9), so no orphaned papermill keeps writing a run folder that the
+    next invocation redoes; its kernel exits with it (ipykernel polls its parent)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+@contextmanager
+def _run_lock(run_dir: Path):
+    """Hold an exclusive lock on the run folder; None when another live runner
+    holds it (e.g. a second `anydoor sweep` or a W&B agent on the same folder)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def execute_run(
     run: Run,
     sweep_dir: Path,
@@ -251,36 +291,41 @@ def execute_run(
     project_root: Path,
     threads: int | None = None,
 ) -> RunResult:
-    """Execute one run with papermill in a child process (its own process
-    group, so a timeout kills the kernel too). DONE is written last, by the
-    notebook's final cell, only after every other file is complete."""
+    """Execute one run with papermill in a child process that dies with the
+    runner. DONE is written last, by the notebook's final cell, only after
+    every other file is complete."""
     run_dir = sweep_dir / "runs" / run.run_id
     start = time.monotonic()
-    prepare_run_folder(run, run_dir, sweep_name)
-    params_file = run_dir / ".papermill_parameters.yaml"
-    _write_atomic(params_file, yaml.safe_dump(notebook_parameters(run, run_dir, sweep_dir, sweep_name)))
-    cmd = [
-        sys.executable, "-m", "papermill", str(notebook), str(run_dir / "executed.ipynb"),
-        "-f", str(params_file), "--kernel", "python3", "--cwd", str(project_root),
-        "--no-progress-bar", "--log-level", "WARNING",
-    ]
-    log_path = run_dir / "papermill.log"
-    with open(log_path, "w") as log:
-        env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
-        if threads and "OMP_NUM_THREADS" not in os.environ:
-            # parallel jobs share the cores: oversubscribed OpenMP threads spin
-            env["OMP_NUM_THREADS"] = str(threads)
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-        try:
-            code = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return _failed(run, run_dir, start, f"timed out after {timeout_s} s")
-    seconds = time.monotonic() - start
-    if code != 0 or not (run_dir / DONE).exists():
-        return _failed(run, run_dir, start, _last_error(log_path) or f"papermill exited with {code}")
-    return RunResult(run, "done", seconds)
+    with _run_lock(run_dir) as locked:
+        if not locked:
+            return RunResult(run, "skipped", reason="running in another process")
+        if (run_dir / DONE).exists():  # finished by another runner meanwhile
+            return RunResult(run, "skipped", reason="already done")
+        prepare_run_folder(run, run_dir, sweep_name)
+        params_file = run_dir / ".papermill_parameters.yaml"
+        _write_atomic(params_file, yaml.safe_dump(notebook_parameters(run, run_dir, sweep_dir, sweep_name)))
+        cmd = [
+            sys.executable, "-m", "papermill", str(notebook), str(run_dir / "executed.ipynb"),
+            "-f", str(params_file), "--kernel", "python3", "--cwd", str(project_root),
+            "--no-progress-bar", "--log-level", "WARNING",
+        ]
+        log_path = run_dir / "papermill.log"
+        with open(log_path, "w") as log:
+            env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
+            if threads and "OMP_NUM_THREADS" not in os.environ:
+                # parallel jobs share the cores: oversubscribed OpenMP threads spin
+                env["OMP_NUM_THREADS"] = str(threads)
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+            try:
+                code = proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # its kernel exits with it
+                proc.wait()
+                return _failed(run, run_dir, start, f"timed out after {timeout_s} s")
+        seconds = time.monotonic() - start
+        if code != 0 or not (run_dir / DONE).exists():
+            return _failed(run, run_dir, start, _last_error(log_path) or f"papermill exited with {code}")
+        return RunResult(run, "done", seconds)
 
 
 def _failed(run: Run, run_dir: Path, start: float, reason: str) -> RunResult:

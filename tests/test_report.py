@@ -272,7 +272,7 @@ def test_demo_spec_expands_to_the_unique_runs():
 def test_unfinished_runs_are_listed_not_fatal(tmp_path, benchmark):
     sweep = make_sweep(tmp_path / "sweep", benchmark, notebooks=False, wandb=False, ablations=("id_extractor",))
     index = json.loads((sweep / "sweep.json").read_text())
-    (sweep / "runs" / index["ablations"]["id_extractor"]["arms"]["dinov2"] / "DONE").unlink()
+    (sweep / "runs" / index["ablations"]["id_extractor"]["arms"]["dinov2"][0] / "DONE").unlink()
     md = (render_report(sweep, tmp_path / "report").parent / "report.md").read_text()
     assert "Missing (not finished): dinov2." in md
     assert "The reference arm 'dinov2' has not finished: no paired differences." in md
