@@ -27,10 +27,20 @@ from diffusers.utils.torch_utils import randn_tensor
 from anydoor.data.detail_maps import DETAIL_MAP_NAMES
 from anydoor.data.images import as_binary_mask, as_rgb_uint8
 from anydoor.data.pairs import AnyDoorSample, PairConfig, paste_back, prepare_inference_inputs
-from anydoor.models.denoiser import predict_noise
+from anydoor.models.denoiser import detail_residuals, detail_residuals_for_timesteps, predict_noise
+
+# Imported (not only type hints): diffusers' loader resolves a saved pipeline's
+# `id_extractor` entry from this module, which must already be imported.
+from anydoor.models.id_extractors import CLIPIDExtractor, DINOv2IDExtractor
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 RANDOM_DETAIL_MAPS = ("noise", "shuffle")
+# Automatic batched detail features (CUDA): the stored residuals of every step
+# plus one pass's activations, taken as about this many times the residuals of
+# the rows in that pass, must fit in this share of the free GPU memory; the
+# rest stays for the UNet steps and the VAE decode.
+_DETAIL_MEMORY_SHARE = 0.5
+_DETAIL_ACTIVATION_FACTOR = 4
 
 
 @dataclass
@@ -77,6 +87,27 @@ def _is_box(value) -> bool:
     )
 
 
+@dataclass
+class DetailFeatures:
+    """The detail residuals of every step of one sampling run (DESIGN.md 1c:
+    they do not depend on the noisy latent), computed before the loop.
+
+    down: one (U, R, C, H, W) tensor per down residual, U the distinct
+        timesteps of the run and R the rows of a model call (both guidance
+        branches); mid: (U, R, C, H, W).
+    step_rows: for each loop step, its timestep's index in U.
+    """
+
+    down: list[torch.Tensor]
+    mid: torch.Tensor
+    step_rows: list[int]
+
+    def at(self, step: int, rows: slice = slice(None)) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The residuals of loop step `step` (views), for the rows `rows`."""
+        u = self.step_rows[step]
+        return [d[u, rows] for d in self.down], self.mid[u, rows]
+
+
 class AnyDoorPipeline(DiffusionPipeline):
     r"""Zero-shot object insertion (AnyDoor).
 
@@ -101,7 +132,7 @@ class AnyDoorPipeline(DiffusionPipeline):
         vae: AutoencoderKL,
         unet: UNet2DConditionModel,
         controlnet: ControlNetModel,
-        id_extractor: torch.nn.Module,
+        id_extractor: DINOv2IDExtractor | CLIPIDExtractor,
         scheduler: KarrasDiffusionSchedulers,
         image_size: int = 512,
         detail_map: str = "hf",
@@ -142,6 +173,9 @@ class AnyDoorPipeline(DiffusionPipeline):
         generator,
         output_type: str,
         callback_on_step_end_tensor_inputs: Sequence[str],
+        sequential_guidance: bool = False,
+        batched_detail_features: bool | None = None,
+        detail_chunk_size: int | None = None,
     ) -> None:
         _check_epsilon_scheduler(self.scheduler)
         for i, (mask, box) in enumerate(zip(scene_masks, scene_boxes)):
@@ -164,6 +198,16 @@ class AnyDoorPipeline(DiffusionPipeline):
             )
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type={output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
+        if not isinstance(sequential_guidance, bool):
+            raise TypeError(f"sequential_guidance must be a bool, got {sequential_guidance!r}")
+        if batched_detail_features is not None and not isinstance(batched_detail_features, bool):
+            raise TypeError(f"batched_detail_features must be True, False or None, got {batched_detail_features!r}")
+        if detail_chunk_size is not None and (
+            isinstance(detail_chunk_size, bool)
+            or not isinstance(detail_chunk_size, (int, np.integer))
+            or detail_chunk_size < 1
+        ):
+            raise ValueError(f"detail_chunk_size must be a positive integer or None, got {detail_chunk_size!r}")
         unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
         if unknown:
             raise ValueError(
@@ -235,6 +279,9 @@ class AnyDoorPipeline(DiffusionPipeline):
         callback_on_step_end: Callable[[DiffusionPipeline, int, int, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         eta: float = 0.0,
+        sequential_guidance: bool = False,
+        batched_detail_features: bool | None = None,
+        detail_chunk_size: int | None = None,
     ) -> AnyDoorPipelineOutput | tuple:
         r"""Compose the object into the scene.
 
@@ -255,6 +302,25 @@ class AnyDoorPipeline(DiffusionPipeline):
                 does not depend on the batch it is in.
             output_type: "pil", "np", "pt" or "latent".
             callback_on_step_end: diffusers' step callback.
+            eta: DDIM's eta (released: 0).
+            sequential_guidance: run the two guidance branches one after the
+                other, as the released code does (half the activation memory,
+                slower); by default both go in one batch. Same results up to
+                float rounding.
+            batched_detail_features: compute the detail extractor's residuals
+                for every step in one batched pass before the loop (they do not
+                depend on the noisy latent, DESIGN.md 1c), so that the loop runs
+                only the UNet. None: on for CUDA devices when the residuals fit
+                in memory, off elsewhere (on a CPU one call per step is as
+                fast). Same results up to float rounding.
+            detail_chunk_size: timesteps per detail-extractor pass when the
+                features are batched; None: all in one pass (automatic mode: as
+                many as memory allows).
+
+        Speed and memory options that do not change results beyond float
+        rounding: `pipe.to("cuda", torch.bfloat16)`, `set_memory_format`,
+        `compile_denoiser`, `enable_model_cpu_offload()`,
+        `pipe.vae.enable_slicing()` / `enable_tiling()` (README "Speed").
         """
         # 1. Check inputs
         pairs_given = isinstance(object_image, (list, tuple))
@@ -272,7 +338,7 @@ class AnyDoorPipeline(DiffusionPipeline):
         self.check_inputs(
             object_images, object_masks, scene_images, scene_masks, scene_boxes,
             num_inference_steps, guidance_scale, num_images_per_prompt, generator, output_type,
-            callback_on_step_end_tensor_inputs,
+            callback_on_step_end_tensor_inputs, sequential_guidance, batched_detail_features, detail_chunk_size,
         )
         device = self._execution_device
         dtype = self.unet.dtype
@@ -317,48 +383,162 @@ class AnyDoorPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
 
-        # 5. Initial latents (per-image generators give per-image noise)
+        # 5. Initial latents (per-image generators give per-image noise); kept
+        #    in float32 so that the scheduler's arithmetic does not round to a
+        #    low-precision model dtype, and the noise does not depend on it
         side = self.config.image_size // self.vae_scale_factor
         shape = (batch_size, self.unet.config.in_channels, side, side)
-        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         latents = latents * self.scheduler.init_noise_sigma
         extra_step_kwargs = self._extra_step_kwargs(generator, eta)
 
-        # 6. Denoising loop: one UNet and one detail-extractor call per step,
-        #    both guidance branches in one batch
+        # 6. Detail features for every step at once: the detail extractor sees
+        #    the hint, the timestep and the ID tokens, never the latents
+        features = self._detail_features(
+            hint, id_tokens, timesteps, control_scale, batched_detail_features, detail_chunk_size
+        )
+
+        # 7. Denoising loop: the UNet (and the detail extractor, unless its
+        #    features are precomputed), both guidance branches in one batch
+        #    unless sequential_guidance
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
-                model_input = torch.cat([latents] * 2) if do_guidance else latents
-                model_input = self.scheduler.scale_model_input(model_input, t)
-                eps = predict_noise(
-                    self.unet, self.controlnet, model_input, t, id_tokens, hint, control_scale=control_scale
+                eps = self._guided_noise(
+                    latents, t, id_tokens, hint, control_scale, guidance_scale if do_guidance else None,
+                    sequential_guidance, features, i,
                 )
-                if do_guidance:
-                    eps_uncond, eps_cond = eps.chunk(2)
-                    eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
                 latents = self.scheduler.step(eps, t, latents, **extra_step_kwargs, return_dict=False)[0]
                 if callback_on_step_end is not None:
                     names = list(callback_on_step_end_tensor_inputs)
                     outputs = callback_on_step_end(self, i, t, {k: locals()[k] for k in names})
                     latents = outputs.pop("latents", latents)
                 progress.update()
+        del features  # free the stored residuals before the VAE decode
 
         if output_type == "latent":
             self.maybe_free_model_hooks()
             return AnyDoorPipelineOutput(images=None, crops=latents) if return_dict else (None, latents)
 
-        # 7. Decode the crops
-        decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+        # 8. Decode the crops
+        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+        decoded = self.vae.decode(latents, return_dict=False)[0]
         crops = ((decoded.float().clamp(-1, 1) + 1) / 2).cpu()
         self.maybe_free_model_hooks()
 
-        # 8. Paste back into the full scenes (only inside the crop box)
+        # 9. Paste back into the full scenes (only inside the crop box)
         crops_u8 = (crops.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
         composites = [paste_back(c, scenes[i], samples[i].paste) for i, c in enumerate(crops_u8)]
         images, crops_out = self._format(composites, crops, crops_u8, output_type)
         if not return_dict:
             return images, crops_out
         return AnyDoorPipelineOutput(images=images, crops=crops_out)
+
+    # ------------------------------------------------------- denoising steps
+    def _guided_noise(
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        id_tokens: torch.Tensor,
+        hint: torch.Tensor,
+        control_scale,
+        guidance_scale: float | None,
+        sequential: bool,
+        features: DetailFeatures | None,
+        step: int,
+    ) -> torch.Tensor:
+        """eps of one step in float32, with classifier-free guidance
+        eps_u + w (eps_c - eps_u) unless `guidance_scale` is None.
+
+        `id_tokens` and `hint` hold the unconditional rows first, then the
+        conditional ones (when guiding)."""
+        dtype = self.unet.dtype
+
+        def eps_of(rows: slice, model_latents: torch.Tensor) -> torch.Tensor:
+            residuals = None if features is None else features.at(step, rows)
+            model_input = self.scheduler.scale_model_input(model_latents, t).to(dtype)
+            return predict_noise(
+                self.unet, self.controlnet, model_input, t, id_tokens[rows], hint[rows],
+                control_scale=control_scale, residuals=residuals,
+            ).float()
+
+        if guidance_scale is None:
+            return eps_of(slice(None), latents)
+        n = latents.shape[0]
+        if sequential:
+            # The released loop: the conditional pass, then the unconditional one.
+            eps_cond = eps_of(slice(n, None), latents)
+            eps_uncond = eps_of(slice(0, n), latents)
+        else:
+            eps_uncond, eps_cond = eps_of(slice(None), torch.cat([latents, latents])).chunk(2)
+        return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+    def _detail_features(
+        self,
+        hint: torch.Tensor,
+        id_tokens: torch.Tensor,
+        timesteps: torch.Tensor,
+        control_scale,
+        batched: bool | None,
+        chunk_size: int | None,
+    ) -> DetailFeatures | None:
+        """The run's detail features (`DetailFeatures`), or None for one
+        detail-extractor call per step (see `__call__`'s batched_detail_features)."""
+        device = self._execution_device
+        if batched is False or (batched is None and device.type != "cuda"):
+            return None
+        # Schedulers that repeat a timestep (Heun, KDPM2) need its features once.
+        distinct, step_rows = torch.unique(timesteps, return_inverse=True)
+        if batched is None and chunk_size is None:
+            chunk_size = self._detail_chunk_size_for_memory(hint, id_tokens, distinct, control_scale, device)
+            if chunk_size is None:
+                return None
+        down, mid = detail_residuals_for_timesteps(
+            self.controlnet, hint, distinct, id_tokens, control_scale=control_scale, chunk_size=chunk_size
+        )
+        return DetailFeatures(down=down, mid=mid, step_rows=step_rows.tolist())
+
+    def _detail_chunk_size_for_memory(
+        self, hint: torch.Tensor, id_tokens: torch.Tensor, timesteps: torch.Tensor, control_scale, device
+    ) -> int | None:
+        """Timesteps per detail-extractor pass such that every step's stored
+        residuals and one pass fit in the free GPU memory (an estimate from one
+        probe row); None when the stored residuals alone do not fit."""
+        down, mid = detail_residuals(
+            self.controlnet, hint[:1], timesteps[:1], id_tokens[:1], control_scale=control_scale
+        )
+        row_bytes = sum(r.numel() * r.element_size() for r in (*down, mid))
+        free, _ = torch.cuda.mem_get_info(device)
+        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # torch's cache is usable
+        budget = _DETAIL_MEMORY_SHARE * free - timesteps.numel() * hint.shape[0] * row_bytes
+        per_timestep = _DETAIL_ACTIVATION_FACTOR * hint.shape[0] * row_bytes
+        if budget < per_timestep:
+            return None
+        return int(min(timesteps.numel(), budget // per_timestep))
+
+    # ------------------------------------------------------- speed options
+    def set_memory_format(self, memory_format: torch.memory_format = torch.channels_last) -> "AnyDoorPipeline":
+        """Put the convolutional networks (UNet, detail extractor, VAE) in
+        `memory_format`: ``torch.channels_last`` is often faster for convs on
+        GPUs (tensor cores), ``torch.contiguous_format`` undoes it. Results do
+        not change beyond float rounding. Returns the pipeline."""
+        formats = (torch.channels_last, torch.contiguous_format)
+        if memory_format not in formats:
+            raise ValueError(
+                f"memory_format must be torch.channels_last or torch.contiguous_format, got {memory_format!r}"
+            )
+        for module in (self.unet, self.controlnet, self.vae):
+            module.to(memory_format=memory_format)
+        return self
+
+    def compile_denoiser(self, **compile_kwargs) -> "AnyDoorPipeline":
+        """``torch.compile`` the UNet and the detail extractor in place (the
+        modules keep their class, config and registration); keyword arguments
+        go to ``torch.compile`` (e.g. ``mode="max-autotune-no-cudagraphs"``,
+        ``fullgraph=True``). The first call at each new shape compiles, later
+        ones reuse it. Returns the pipeline."""
+        self.unet.compile(**compile_kwargs)
+        self.controlnet.compile(**compile_kwargs)
+        return self
 
     def _extra_step_kwargs(self, generator, eta: float) -> dict:
         params = set(inspect.signature(self.scheduler.step).parameters)

@@ -84,6 +84,67 @@ def detail_residuals(
     return outputs[:-1], outputs[-1]
 
 
+def detail_residuals_for_timesteps(
+    controlnet: ControlNetModel,
+    hint: torch.Tensor,
+    timesteps: torch.Tensor,
+    id_tokens: torch.Tensor,
+    control_scale: float | Sequence[float] = 1.0,
+    chunk_size: int | None = None,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The detail residuals of a whole sampling run, in one batched pass (or a few).
+
+    The detail extractor never sees the noisy latent (DESIGN.md 1c): its
+    residuals depend only on the hint, the timestep and the ID tokens, so a
+    sampler can compute them for all its timesteps before the loop. Same
+    FLOPs as one call per step, but few large batches instead of many small
+    ones, which is where a GPU at batch 1 loses its time.
+
+    Args:
+        controlnet, hint, id_tokens, control_scale: as in `detail_residuals`
+            (hint (B, C, H, W), id_tokens (B, T, D)).
+        timesteps: (N,) the timesteps, with the values and dtype the sampling
+            loop passes, so the time embedding sees the same input.
+        chunk_size: timesteps per detail-extractor pass (each pass is a batch of
+            chunk_size * B); None: all N in one pass.
+
+    Returns:
+        (down, mid) stacked per timestep: ``down[k][n]`` (B, C_k, H_k, W_k) and
+        ``mid[n]`` equal ``detail_residuals(controlnet, hint, timesteps[n],
+        id_tokens, control_scale=control_scale)`` up to float rounding.
+    """
+    if not isinstance(timesteps, torch.Tensor) or timesteps.ndim != 1 or timesteps.numel() == 0:
+        raise ValueError(
+            f"timesteps must be a non-empty 1-D tensor, got {getattr(timesteps, 'shape', type(timesteps).__name__)}"
+        )
+    if chunk_size is not None and (not isinstance(chunk_size, numbers.Integral) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    if id_tokens.shape[0] != hint.shape[0]:
+        raise ValueError(f"id_tokens has {id_tokens.shape[0]} rows but hint has {hint.shape[0]}")
+    rows, n = hint.shape[0], timesteps.numel()
+    chunk_size = n if chunk_size is None else min(int(chunk_size), n)
+    down: list[torch.Tensor] = []
+    mid = None
+    for start in range(0, n, chunk_size):
+        t = timesteps[start : start + chunk_size]
+        k = t.numel()
+        # Row j * rows + r is (timesteps[start + j], input row r).
+        d, m = detail_residuals(
+            controlnet,
+            hint.repeat(k, 1, 1, 1),
+            t.repeat_interleave(rows),
+            id_tokens.repeat(k, 1, 1),
+            control_scale=control_scale,
+        )
+        outputs = [*d, m]
+        if mid is None:  # allocate once: no concatenation copy of every chunk at the end
+            stored = [o.new_empty((n, rows, *o.shape[1:])) for o in outputs]
+            down, mid = stored[:-1], stored[-1]
+        for store, output in zip([*down, mid], outputs):
+            store[start : start + k] = output.unflatten(0, (k, rows))
+    return down, mid
+
+
 def predict_noise(
     unet: UNet2DConditionModel,
     controlnet: ControlNetModel,
