@@ -8,7 +8,7 @@ import torch
 
 from anydoor.training.vae import META_FILE, VAETrainSettings, cache_key, ensure_tiny_vae, train_vae
 
-# A short run at 32 px; the default recipe (1500 steps at 64 px) is measured by benchmarks/bench_training.py.
+# A short run at 32 px; the default recipe (1000 steps at 64 px) is measured by benchmarks/bench_training.py.
 FAST = dict(steps=40, batch_size=4, image_size=32, patch_size=16, learning_rate=2e-3, progress=False)
 
 
