@@ -152,15 +152,18 @@ def test_sweep_runs_once_resumes_after_kill_and_logs_wandb_offline(tiny_project,
     assert again.counts() == {"done": 0, "skipped": 3, "failed": 0, "pending": 0}
     assert {r.run_id: sorted((sweep_dir / "runs" / r.run_id).glob("wandb/offline-run-*")) for r in runs} == wandb_runs
 
-    # The ablation notebook reads the finished runs (and runs nothing).
-    out = tmp_path / "02_detail_map.ipynb"
-    subprocess.run(
-        [sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "02_detail_map.ipynb"), str(out),
-         "-p", "sweep_spec", str(spec), "-p", "sweep_dir", str(sweep_dir), "-p", "ablation", "detail_map",
-         "--kernel", "python3", "--cwd", str(ROOT), "--no-progress-bar"],
-        check=True, env=env, capture_output=True,
-    )
+    # Each ablation notebook reads the finished runs (the tiny spec's ablations
+    # stand in for the demo's: the notebooks differ only in their defaults).
+    notebooks = ["01_id_extractor", "02_detail_map", "03_timestep_sampling", "04_components"]
+    for name, ablation in zip(notebooks, ["detail_map", "detail_map", "timestep_sampling", "timestep_sampling"]):
+        subprocess.run(
+            [sys.executable, "-m", "papermill", str(ROOT / "notebooks" / f"{name}.ipynb"), str(tmp_path / f"{name}.ipynb"),
+             "-p", "sweep_spec", str(spec), "-p", "sweep_dir", str(sweep_dir), "-p", "ablation", ablation,
+             "-p", "run_missing", "False", "--kernel", "python3", "--cwd", str(ROOT), "--no-progress-bar"],
+            check=True, env=env, capture_output=True,
+        )
     assert (sweep_dir / "baselines" / "results.parquet").is_file()
+    assert list((sweep_dir / "ablations").glob("*/wandb/offline-run-*"))  # job_type="ablation" runs
 
 
 @pytest.mark.slow
