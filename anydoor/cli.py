@@ -99,6 +99,10 @@ def _evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-baselines", action="store_true", help="skip the scene and copy-paste baselines")
     p.add_argument("--save-images", action="store_true", help="also save composites and scored regions to OUT/images/ARM/")
+    p.add_argument(
+        "--shape-control", action="store_true",
+        help="shape-controlled insertion: the mask channel is each pair's placement mask, not its box",
+    )
 
     def run(args: argparse.Namespace) -> int:
         import pandas as pd
@@ -119,7 +123,7 @@ def _evaluate(sub: argparse._SubParsersAction) -> None:
         frames = [evaluate(
             pipeline, args.benchmark, args.seeds, args.steps, args.guidance, arm=arm, batch_size=args.batch_size,
             save_images=images(arm), extra_columns=None if args.train_seed is None else {"train_seed": args.train_seed},
-            **common,
+            shape_control=args.shape_control, **common,
         )]
         if not args.no_baselines:
             frames += [evaluate_baseline(b, args.benchmark, args.seeds, save_images=images(b), **common) for b in BASELINES]

@@ -35,12 +35,18 @@ from anydoor.models.id_extractors import CLIPIDExtractor, DINOv2IDExtractor
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 RANDOM_DETAIL_MAPS = ("noise", "shuffle")
-# Automatic batched detail features (CUDA): the stored residuals of every step
-# plus one pass's activations, taken as about this many times the residuals of
-# the rows in that pass, must fit in this share of the free GPU memory; the
-# rest stays for the UNet steps and the VAE decode.
+# Automatic batched detail features: the stored residuals of every step plus
+# one pass's activations, taken as about this many times the residuals of the
+# rows in that pass, must fit in a memory budget. On CUDA it is this share of
+# the free GPU memory; the rest stays for the UNet steps and the VAE decode.
 _DETAIL_MEMORY_SHARE = 0.5
 _DETAIL_ACTIVATION_FACTOR = 4
+# Elsewhere (CPU, MPS) a fixed budget: large enough for the embedded default
+# (64 px: about 10 MiB for 50 steps x 2 guidance rows, where batching measured
+# 1.4-1.9x faster on a CPU since per-call overhead dominates, README "Speed"),
+# far below full size (512 px: about 2.7 GB for 50 steps, where a
+# compute-bound CPU gains nothing from holding them).
+_DETAIL_HOST_MEMORY_BUDGET = 256 * 2**20  # bytes
 
 
 @dataclass
@@ -176,18 +182,22 @@ class AnyDoorPipeline(DiffusionPipeline):
         sequential_guidance: bool = False,
         batched_detail_features: bool | None = None,
         detail_chunk_size: int | None = None,
+        shape_control: bool = False,
     ) -> None:
-        _check_epsilon_scheduler(self.scheduler)
+        self._check_sampling_options(
+            num_inference_steps, guidance_scale, callback_on_step_end_tensor_inputs, sequential_guidance,
+            batched_detail_features, detail_chunk_size,
+        )
         for i, (mask, box) in enumerate(zip(scene_masks, scene_boxes)):
             if (mask is None) == (box is None):
                 raise ValueError(
                     f"pair {i}: give exactly one of scene_mask or scene_box "
                     f"(got {'both' if mask is not None else 'neither'})"
                 )
-        if not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
-        if not np.isfinite(guidance_scale) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+            if shape_control and mask is None:
+                raise ValueError(f"pair {i}: shape_control=True needs a scene_mask (the silhouette), got a scene_box")
+        if not isinstance(shape_control, bool):
+            raise TypeError(f"shape_control must be a bool, got {shape_control!r}")
         if not isinstance(num_images_per_prompt, (int, np.integer)) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}")
         total = len(object_images) * num_images_per_prompt
@@ -198,6 +208,22 @@ class AnyDoorPipeline(DiffusionPipeline):
             )
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type={output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
+
+    def _check_sampling_options(
+        self,
+        num_inference_steps: int,
+        guidance_scale: float,
+        callback_on_step_end_tensor_inputs: Sequence[str],
+        sequential_guidance: bool,
+        batched_detail_features: bool | None,
+        detail_chunk_size: int | None,
+    ) -> None:
+        """The checks of `check_inputs` that `generate_crops` shares."""
+        _check_epsilon_scheduler(self.scheduler)
+        if not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        if not np.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
         if not isinstance(sequential_guidance, bool):
             raise TypeError(f"sequential_guidance must be a bool, got {sequential_guidance!r}")
         if batched_detail_features is not None and not isinstance(batched_detail_features, bool):
@@ -245,10 +271,11 @@ class AnyDoorPipeline(DiffusionPipeline):
         return np.random.default_rng(seed)
 
     def prepare_inputs(
-        self, object_image, object_mask, scene_image, scene_mask=None, scene_box=None, generator=None
+        self, object_image, object_mask, scene_image, scene_mask=None, scene_box=None, generator=None,
+        shape_control: bool = False,
     ) -> AnyDoorSample:
         """DESIGN.md "Inference geometry": reference padded by 1.2, box x1.1,
-        crop x2.0, box mask, no perturbation."""
+        crop x2.0, box mask (or the scene mask with `shape_control`), no perturbation."""
         obj, obj_mask = self._object_and_mask(object_image, object_mask, 0)
         return prepare_inference_inputs(
             obj,
@@ -258,6 +285,7 @@ class AnyDoorPipeline(DiffusionPipeline):
             scene_box=scene_box,
             config=self.pair_config,
             rng=self._numpy_rng(generator),
+            shape_control=shape_control,
         )
 
     # ---------------------------------------------------------------- sampling
@@ -282,6 +310,7 @@ class AnyDoorPipeline(DiffusionPipeline):
         sequential_guidance: bool = False,
         batched_detail_features: bool | None = None,
         detail_chunk_size: int | None = None,
+        shape_control: bool = False,
     ) -> AnyDoorPipelineOutput | tuple:
         r"""Compose the object into the scene.
 
@@ -291,8 +320,8 @@ class AnyDoorPipeline(DiffusionPipeline):
             object_mask: its mask (HxW, binary); None when the object is RGBA.
             scene_image: the scene (or a list, one per pair).
             scene_mask / scene_box: where the object goes: a binary mask (its
-                shape controls the silhouette box) or a box (x0, y0, x1, y1);
-                exactly one of them per pair.
+                box, or with `shape_control` its silhouette) or a box
+                (x0, y0, x1, y1); exactly one of them per pair.
             num_inference_steps: sampler steps (released: 50).
             guidance_scale: classifier-free guidance (released: 5.0); <= 1 runs
                 the conditional branch only.
@@ -310,12 +339,23 @@ class AnyDoorPipeline(DiffusionPipeline):
             batched_detail_features: compute the detail extractor's residuals
                 for every step in one batched pass before the loop (they do not
                 depend on the noisy latent, DESIGN.md 1c), so that the loop runs
-                only the UNet. None: on for CUDA devices when the residuals fit
-                in memory, off elsewhere (on a CPU one call per step is as
-                fast). Same results up to float rounding.
+                only the UNet. None (automatic): on when the stored residuals
+                of every step plus one pass, estimated from a one-row probe
+                call, fit in a memory budget: half the free GPU memory on
+                CUDA, a fixed 256 MiB elsewhere (on a CPU batching pays at the
+                embedded default's 64 px, where the per-call overhead
+                dominates; at 512 px the residuals of 50 steps take about
+                2.7 GB and a CPU is compute-bound); one call per step
+                otherwise. Same results up to float rounding.
             detail_chunk_size: timesteps per detail-extractor pass when the
                 features are batched; None: all in one pass (automatic mode: as
-                many as memory allows).
+                many as the budget allows; a given size there batches without
+                the estimate).
+            shape_control: use each scene mask itself (not its box) as the
+                collage's mask channel: AnyDoor's shape-controlled insertion
+                (DESIGN.md 1; training shows perturbed true masks there), so
+                the silhouette fixes the object's shape and pose. Needs
+                scene_mask; the released default is the box (False).
 
         Speed and memory options that do not change results beyond float
         rounding: `pipe.to("cuda", torch.bfloat16)`, `set_memory_format`,
@@ -339,12 +379,10 @@ class AnyDoorPipeline(DiffusionPipeline):
             object_images, object_masks, scene_images, scene_masks, scene_boxes,
             num_inference_steps, guidance_scale, num_images_per_prompt, generator, output_type,
             callback_on_step_end_tensor_inputs, sequential_guidance, batched_detail_features, detail_chunk_size,
+            shape_control,
         )
-        device = self._execution_device
-        dtype = self.unet.dtype
         batch_size = n_pairs * num_images_per_prompt
         generators = generator if isinstance(generator, list) else [generator] * batch_size
-        do_guidance = guidance_scale > 1.0
 
         # 2. Prepare inputs: reference, collage hint and paste-back geometry per
         #    output image (the noise/shuffle maps draw from that image's generator)
@@ -363,11 +401,90 @@ class AnyDoorPipeline(DiffusionPipeline):
                         obj, obj_mask, scene_np, scene_mask=scene_mask_p, scene_box=scene_boxes[p],
                         config=self.pair_config,
                         rng=self._numpy_rng(generators[p * num_images_per_prompt + k]),
+                        shape_control=shape_control,
                     )
                 samples.append(shared)
         scenes = [as_rgb_uint8(scene_images[i // num_images_per_prompt]) for i in range(batch_size)]
         reference = torch.from_numpy(np.stack([s.reference for s in samples])).permute(0, 3, 1, 2)
         hint = torch.from_numpy(np.stack([s.hint for s in samples])).permute(0, 3, 1, 2)
+
+        # 3.-8. ID tokens, timesteps, initial latents, detail features, the
+        #       denoising loop and the decode, on the prepared tensors
+        crops = self.generate_crops(
+            reference, hint, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            control_scale=control_scale, generator=generator,
+            output_type="latent" if output_type == "latent" else "pt",
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, eta=eta,
+            sequential_guidance=sequential_guidance, batched_detail_features=batched_detail_features,
+            detail_chunk_size=detail_chunk_size,
+        )
+        if output_type == "latent":
+            return AnyDoorPipelineOutput(images=None, crops=crops) if return_dict else (None, crops)
+
+        # 9. Paste back into the full scenes (only inside the crop box)
+        crops_u8 = (crops.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        composites = [paste_back(c, scenes[i], samples[i].paste) for i, c in enumerate(crops_u8)]
+        images, crops_out = self._format(composites, crops, crops_u8, output_type)
+        if not return_dict:
+            return images, crops_out
+        return AnyDoorPipelineOutput(images=images, crops=crops_out)
+
+    @torch.no_grad()
+    def generate_crops(
+        self,
+        reference: torch.Tensor,
+        hint: torch.Tensor,
+        *,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 5.0,
+        control_scale: float | None = None,
+        eta: float = 0.0,
+        sequential_guidance: bool = False,
+        batched_detail_features: bool | None = None,
+        detail_chunk_size: int | None = None,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, int, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        output_type: str = "pt",
+    ) -> torch.Tensor:
+        r"""Steps 3-8 of `__call__` on prepared tensors: the crops of a batch of
+        references and collage hints (a training batch, or `collate_samples`
+        of `prepare_inputs` samples), without the paste-back.
+
+        Args:
+            reference: (B, 3, 224, 224) in [0, 1], what the ID extractor sees.
+            hint: (B, 4, S, S) collage hint (RGB in [-1, 1] + mask channel),
+                S the config's image_size.
+            generator: a torch.Generator, or one per row.
+            output_type: "pt": the decoded crops, (B, 3, S, S) in [0, 1] on the
+                CPU; "latent": the denoised latents (float32).
+            The other arguments are `__call__`'s.
+        """
+        self._check_sampling_options(
+            num_inference_steps, guidance_scale, callback_on_step_end_tensor_inputs, sequential_guidance,
+            batched_detail_features, detail_chunk_size,
+        )
+        size, channels = self.config.image_size, self.controlnet.config.conditioning_channels
+        if not torch.is_tensor(reference) or reference.ndim != 4 or reference.shape[1] != 3:
+            raise ValueError(
+                "reference must be a (B, 3, H, W) tensor (the ID extractor's input, 224 x 224), "
+                f"got {getattr(reference, 'shape', type(reference).__name__)}"
+            )
+        batch_size = reference.shape[0]
+        if not torch.is_tensor(hint) or tuple(hint.shape) != (batch_size, channels, size, size):
+            raise ValueError(
+                f"hint must be a ({batch_size}, {channels}, {size}, {size}) tensor (one row per reference), "
+                f"got {getattr(hint, 'shape', type(hint).__name__)}"
+            )
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"generator is a list of {len(generator)} but reference has {batch_size} rows")
+        if output_type not in ("pt", "latent"):
+            raise ValueError(f"output_type={output_type!r} is not one of pt, latent")
+        device = self._execution_device
+        dtype = self.unet.dtype
+        do_guidance = guidance_scale > 1.0
+        control_scale = self.config.control_scale if control_scale is None else float(control_scale)
         reference = reference.to(device=device, dtype=self.id_extractor.dtype)
         hint = hint.to(device=device, dtype=dtype)
 
@@ -409,29 +526,24 @@ class AnyDoorPipeline(DiffusionPipeline):
                 )
                 latents = self.scheduler.step(eps, t, latents, **extra_step_kwargs, return_dict=False)[0]
                 if callback_on_step_end is not None:
-                    names = list(callback_on_step_end_tensor_inputs)
-                    outputs = callback_on_step_end(self, i, t, {k: locals()[k] for k in names})
+                    # locals() taken here: inside a comprehension it would be the comprehension's own.
+                    step_vars = locals()
+                    tensors = {k: step_vars[k] for k in callback_on_step_end_tensor_inputs}
+                    outputs = callback_on_step_end(self, i, t, tensors)
                     latents = outputs.pop("latents", latents)
                 progress.update()
         del features  # free the stored residuals before the VAE decode
 
         if output_type == "latent":
             self.maybe_free_model_hooks()
-            return AnyDoorPipelineOutput(images=None, crops=latents) if return_dict else (None, latents)
+            return latents
 
         # 8. Decode the crops
         latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
         decoded = self.vae.decode(latents, return_dict=False)[0]
         crops = ((decoded.float().clamp(-1, 1) + 1) / 2).cpu()
         self.maybe_free_model_hooks()
-
-        # 9. Paste back into the full scenes (only inside the crop box)
-        crops_u8 = (crops.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-        composites = [paste_back(c, scenes[i], samples[i].paste) for i, c in enumerate(crops_u8)]
-        images, crops_out = self._format(composites, crops, crops_u8, output_type)
-        if not return_dict:
-            return images, crops_out
-        return AnyDoorPipelineOutput(images=images, crops=crops_out)
+        return crops
 
     # ------------------------------------------------------- denoising steps
     def _guided_noise(
@@ -483,13 +595,14 @@ class AnyDoorPipeline(DiffusionPipeline):
     ) -> DetailFeatures | None:
         """The run's detail features (`DetailFeatures`), or None for one
         detail-extractor call per step (see `__call__`'s batched_detail_features)."""
-        device = self._execution_device
-        if batched is False or (batched is None and device.type != "cuda"):
+        if batched is False:
             return None
         # Schedulers that repeat a timestep (Heun, KDPM2) need its features once.
         distinct, step_rows = torch.unique(timesteps, return_inverse=True)
         if batched is None and chunk_size is None:
-            chunk_size = self._detail_chunk_size_for_memory(hint, id_tokens, distinct, control_scale, device)
+            chunk_size = self._detail_chunk_size_for_memory(
+                hint, id_tokens, distinct, control_scale, self._execution_device
+            )
             if chunk_size is None:
                 return None
         down, mid = detail_residuals_for_timesteps(
@@ -501,15 +614,21 @@ class AnyDoorPipeline(DiffusionPipeline):
         self, hint: torch.Tensor, id_tokens: torch.Tensor, timesteps: torch.Tensor, control_scale, device
     ) -> int | None:
         """Timesteps per detail-extractor pass such that every step's stored
-        residuals and one pass fit in the free GPU memory (an estimate from one
-        probe row); None when the stored residuals alone do not fit."""
+        residuals and one pass fit in the memory budget (an estimate from one
+        probe row): half the free GPU memory on CUDA, `_DETAIL_HOST_MEMORY_BUDGET`
+        elsewhere; None when the stored residuals and one timestep's pass do not fit."""
         down, mid = detail_residuals(
             self.controlnet, hint[:1], timesteps[:1], id_tokens[:1], control_scale=control_scale
         )
         row_bytes = sum(r.numel() * r.element_size() for r in (*down, mid))
-        free, _ = torch.cuda.mem_get_info(device)
-        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # torch's cache is usable
-        budget = _DETAIL_MEMORY_SHARE * free - timesteps.numel() * hint.shape[0] * row_bytes
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            # torch's cache is usable
+            free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+            available = _DETAIL_MEMORY_SHARE * free
+        else:
+            available = _DETAIL_HOST_MEMORY_BUDGET
+        budget = available - timesteps.numel() * hint.shape[0] * row_bytes
         per_timestep = _DETAIL_ACTIVATION_FACTOR * hint.shape[0] * row_bytes
         if budget < per_timestep:
             return None

@@ -8,21 +8,21 @@ parameters map onto the training config named by ``train_config``.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import time
-from contextlib import contextmanager
 from os import PathLike
 from pathlib import Path
 
 import pandas as pd
 
-from eval.sweeps import DONE, training_key
+from eval.sweeps import DONE, folder_lock, training_key
 
 # Parameters that only change evaluation: arms differing only in these share
 # one trained model (e.g. the full method at guidance 5.0 and 1.0).
-EVAL_ONLY = ("seeds", "num_inference_steps", "guidance_scale", "random_backbones", "benchmark", "eval_batch_size")
+EVAL_ONLY = (
+    "seeds", "num_inference_steps", "guidance_scale", "shape_control", "random_backbones", "benchmark", "eval_batch_size",
+)
 
 # The parameters of notebooks/train_evaluate.ipynb (its `parameters` cell
 # documents each); `collect_params` picks them from the notebook's globals.
@@ -30,7 +30,7 @@ ARM_PARAMETER_NAMES = (
     "run_dir", "run_id", "sweep_name", "sweep_dir", "tags", "benchmark", "train_config", "checkpoint",
     "preset", "vae", "base_unet", "id_extractor", "remove_background", "detail_map", "timestep_sampler",
     "conditioning_dropout", "max_steps", "batch_size", "learning_rate", "train_seed", "seeds",
-    "num_inference_steps", "guidance_scale", "random_backbones", "eval_batch_size", "wandb_project",
+    "num_inference_steps", "guidance_scale", "shape_control", "random_backbones", "eval_batch_size", "wandb_project",
 )
 
 # Arm parameter -> training config key.
@@ -73,18 +73,6 @@ def train_config_for(params: dict, output_dir: str | PathLike):
     return load_config(params.get("train_config", "configs/train_tiny.yaml"), overrides)
 
 
-@contextmanager
-def _locked(folder: Path):
-    """Two runs sharing one trained model (parallel sweep jobs) train it once."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def train_arm(params: dict, run_dir: str | PathLike, sweep_dir: str | PathLike | None = None) -> Path:
     """Train the arm's model, or reuse it, and return its pipeline folder.
 
@@ -110,7 +98,9 @@ def train_arm(params: dict, run_dir: str | PathLike, sweep_dir: str | PathLike |
     else:
         train_dir = run_dir / "checkpoint"
     pipeline_dir = train_dir / "pipeline"
-    with _locked(train_dir):
+    # Two runs sharing one trained model (parallel sweep jobs) train it once:
+    # the second waits for the first, then finds its pipeline.
+    with folder_lock(train_dir):
         if not (pipeline_dir / "model_index.json").is_file():
             train(train_config_for(params, train_dir), resume="auto")  # max_steps 0: the untrained model
     return pipeline_dir
@@ -138,6 +128,7 @@ def evaluate_arm(pipe, params: dict, run_dir: str | PathLike) -> pd.DataFrame:
         seeds=list(params["seeds"]),
         num_inference_steps=int(params["num_inference_steps"]),
         guidance_scale=float(params["guidance_scale"]),
+        shape_control=bool(params.get("shape_control", False)),
         arm=str(params.get("run_id", "arm")),
         random_backbones=bool(params.get("random_backbones", False)),
         batch_size=int(params.get("eval_batch_size", 8)),

@@ -9,7 +9,7 @@ pasted into the box) go through the same code, so every table has them.
 
 Per row: ``pair_id``, ``seed``, ``arm``, the pipeline's configuration
 (``detail_map``, ``id_extractor``, ``remove_background``, ``steps``,
-``guidance``; None for baselines), ``clip_i``, ``dino_i`` (x100),
+``guidance``, ``shape_control``; None for baselines), ``clip_i``, ``dino_i`` (x100),
 ``psnr_mask``, ``ssim_mask`` (NaN without a true target), ``diversity``
 (per pair: the mean pairwise 1 - SSIM of the generated boxes across the
 seeds, repeated in each row of that pair; NaN with one seed),
@@ -246,6 +246,7 @@ def evaluate(
     save_images: str | PathLike | None = None,
     progress: bool = True,
     extra_columns: dict | None = None,
+    shape_control: bool = False,
 ) -> pd.DataFrame:
     """Generate every (pair, seed) of `benchmark` with `pipeline` and score it.
 
@@ -266,6 +267,9 @@ def evaluate(
         save_images: a folder for ``<pair>_seed<seed>.png`` (composite) and
             ``<pair>_seed<seed>_region.png`` (the scored region), or None.
         extra_columns: constant columns for every row (e.g. ``{"train_seed": 0}``).
+        shape_control: the pipeline's shape-controlled insertion (the mask
+            channel is each pair's placement mask, not its box); recorded in
+            the ``shape_control`` column.
     Returns:
         one row per (pair, seed), columns as in the module docstring.
     """
@@ -276,6 +280,7 @@ def evaluate(
         "remove_background": bool(pipeline.config.remove_background),
         "steps": int(num_inference_steps),
         "guidance": float(guidance_scale),
+        "shape_control": bool(shape_control),
     }
 
     def compose(items: list[dict], seeds_: list[int]) -> list[np.ndarray]:
@@ -288,6 +293,7 @@ def evaluate(
             guidance_scale=guidance_scale,
             generator=[noise_generator(i["pair_id"], s) for i, s in zip(items, seeds_)],
             output_type="np",
+            shape_control=shape_control,
         )
         # "np" composites are the uint8 composites / 255: rounding recovers them exactly.
         return [np.round(image * 255.0).astype(np.uint8) for image in output.images]
@@ -316,7 +322,8 @@ def evaluate_baseline(
     """
     if name not in BASELINES:
         raise ValueError(f"name={name!r} is not a baseline; choose one of {', '.join(BASELINES)}")
-    config = {"detail_map": None, "id_extractor": None, "remove_background": None, "steps": None, "guidance": None}
+    config = {"detail_map": None, "id_extractor": None, "remove_background": None, "steps": None, "guidance": None,
+              "shape_control": None}
 
     def compose(items: list[dict], seeds_: list[int]) -> list[np.ndarray]:
         return [_BASELINE_COMPOSITES[name](item) for item in items]

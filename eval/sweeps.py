@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,7 +37,8 @@ import yaml
 
 DONE = "DONE"
 FAILED = "FAILED"
-KEPT_ON_RETRY = ("checkpoint", ".lock")  # a redone run resumes training from its checkpoint
+LOCK_FILE = ".lock"  # `folder_lock`'s file in the locked folder
+KEPT_ON_RETRY = ("checkpoint", LOCK_FILE)  # a redone run resumes training from its checkpoint
 SPEC_KEYS = {"name", "description", "benchmark", "notebook", "parameters", "ablations", "timeout_s", "train_seeds"}
 ABLATION_KEYS = {"description", "reference", "arms", "paper_table"}
 
@@ -266,13 +268,15 @@ def _die_with_parent() -> None:
 
 
 @contextmanager
-def _run_lock(run_dir: Path):
-    """Hold an exclusive lock on the run folder; None when another live runner
-    holds it (e.g. a second `anydoor sweep` or a W&B agent on the same folder)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "w") as handle:
+def folder_lock(folder: Path, blocking: bool = True) -> Iterator[bool]:
+    """Hold an exclusive flock on ``folder/.lock`` (the folder is created) for
+    the block; yield whether it is held. Blocking: wait for it (always True).
+    Non-blocking: False at once when another live process holds it. The OS
+    releases it when its holder dies, even by kill -9."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_FILE, "w") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
             return
@@ -296,7 +300,9 @@ def execute_run(
     every other file is complete."""
     run_dir = sweep_dir / "runs" / run.run_id
     start = time.monotonic()
-    with _run_lock(run_dir) as locked:
+    # Another live runner (a second `anydoor sweep`, a W&B agent) on the same
+    # folder: skip the run rather than wait.
+    with folder_lock(run_dir, blocking=False) as locked:
         if not locked:
             return RunResult(run, "skipped", reason="running in another process")
         if (run_dir / DONE).exists():  # finished by another runner meanwhile

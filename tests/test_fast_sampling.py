@@ -131,10 +131,11 @@ def test_batched_features_without_guidance(pipe):
 
 def test_detail_extractor_calls_per_mode(pipe):
     """Per step: one call of both branches per step. Batched: one call of
-    steps x branches rows, or chunks of timesteps. Automatic on a CPU: per step."""
+    steps x branches rows, or chunks of timesteps. Automatic on a CPU: a
+    one-row probe, then batched (the tiny residuals fit the host budget)."""
     expected = {
         (False, None): [2, 2, 2],
-        (None, None): [2, 2, 2],
+        (None, None): [1, 6],
         (True, None): [6],
         (True, 2): [4, 2],
     }
@@ -295,6 +296,34 @@ def test_automatic_chunk_size_from_free_memory(pipe, monkeypatch):
     assert chunk_for(2 * (stored + 10 * pass_bytes)) == 10  # half the free memory is the budget
     assert chunk_for(2 * (stored + 1000 * pass_bytes)) == steps
     assert chunk_for(2 * stored) is None  # no room for a pass: one call per step instead
+
+
+def test_automatic_mode_off_cuda_follows_the_host_budget(pipe, monkeypatch):
+    """Off CUDA the automatic mode batches when the stored residuals of every
+    distinct timestep plus one pass fit in `_DETAIL_HOST_MEMORY_BUDGET`: the
+    tiny pipeline fits in the default budget, in two passes under a budget
+    that holds two timesteps' passes, and falls back to per step under a
+    budget that holds nothing. Every choice gives the per-step result."""
+    import anydoor.pipeline_anydoor as module
+
+    row_bytes = 4 * (32 * 16 * 16 * 2 + 32 * 8 * 8 + 64 * 8 * 8 * 2)  # as in the CUDA test above
+    rows, steps = 2, 3  # both guidance branches, 3 DDIM steps
+    stored, pass_bytes = steps * rows * row_bytes, 4 * rows * row_bytes
+    assert stored + steps * pass_bytes < module._DETAIL_HOST_MEMORY_BUDGET
+    reference = _crops(pipe, batched_detail_features=False)
+    for budget, calls in (
+        (module._DETAIL_HOST_MEMORY_BUDGET, [1, 6]),  # probe row, then all 3 timesteps x 2 rows at once
+        (stored + 2 * pass_bytes, [1, 4, 2]),  # two timesteps per pass
+        (1, [1, 2, 2, 2]),  # nothing fits: one call per step
+    ):
+        monkeypatch.setattr(module, "_DETAIL_HOST_MEMORY_BUDGET", budget)
+        sizes, handle = _record_detail_batches(pipe)
+        try:
+            automatic = _crops(pipe, steps=steps)
+        finally:
+            handle.remove()
+        assert sizes == calls, budget
+        torch.testing.assert_close(automatic, reference, atol=ATOL, rtol=RTOL, msg=str(budget))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="model CPU offload needs an accelerator")

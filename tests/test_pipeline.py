@@ -89,13 +89,18 @@ def test_num_images_per_prompt_with_generator_list(pipe):
     torch.testing.assert_close(out.crops[1:], pipe(**single).crops, atol=1e-5, rtol=1e-4)
 
 
-def _released_loop(pipe: AnyDoorPipeline, inputs: dict) -> torch.Tensor:
-    """The released sampling loop, written independently: two guidance passes
-    per step (conditional, then unconditional), DDIM, then the VAE decode."""
+def _prepared_tensors(pipe: AnyDoorPipeline, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(reference (1,3,224,224), hint (1,4,64,64)) of one pair of `get_dummy_inputs`."""
     sample = pipe.prepare_inputs(inputs["object_image"], inputs["object_mask"], inputs["scene_image"],
                                  scene_mask=inputs["scene_mask"])
     reference = torch.from_numpy(sample.reference).permute(2, 0, 1)[None]
-    hint = torch.from_numpy(sample.hint).permute(2, 0, 1)[None]
+    return reference, torch.from_numpy(sample.hint).permute(2, 0, 1)[None]
+
+
+def _released_loop(pipe: AnyDoorPipeline, inputs: dict) -> torch.Tensor:
+    """The released sampling loop, written independently: two guidance passes
+    per step (conditional, then unconditional), DDIM, then the VAE decode."""
+    reference, hint = _prepared_tensors(pipe, inputs)
     cond = pipe.id_extractor(reference)
     uncond = pipe.id_extractor(torch.zeros_like(reference))
     scheduler = sampling_scheduler()
@@ -138,6 +143,7 @@ def test_guidance_one_runs_the_conditional_branch_only(pipe):
     handle = pipe.controlnet.register_forward_pre_hook(record, with_kwargs=True)
     try:
         inputs = get_dummy_inputs()
+        inputs["batched_detail_features"] = False  # one detail-extractor call per step shows the rows
         inputs["guidance_scale"] = 1.0
         pipe(**inputs)
         inputs["guidance_scale"] = 5.0
@@ -145,6 +151,39 @@ def test_guidance_one_runs_the_conditional_branch_only(pipe):
     finally:
         handle.remove()
     assert batch_sizes == [1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("output_type", ["pt", "latent"])
+def test_generate_crops_is_the_call_on_prepared_tensors(pipe, output_type):
+    """`__call__` = prepare inputs + `generate_crops` + paste back: the same
+    crops (or latents) to the bit from the same tensors and seed."""
+    inputs = get_dummy_inputs()
+    inputs["output_type"] = output_type
+    reference, hint = _prepared_tensors(pipe, inputs)
+    crops = pipe.generate_crops(reference, hint, num_inference_steps=2, guidance_scale=5.0,
+                                generator=torch.Generator().manual_seed(0), output_type=output_type)
+    shape = (1, 3, 64, 64) if output_type == "pt" else (1, 4, 16, 16)
+    assert crops.shape == shape and crops.dtype == torch.float32
+    torch.testing.assert_close(crops, pipe(**inputs).crops, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(hint=torch.zeros(1, 4, 32, 32)), r"hint must be a \(1, 4, 64, 64\) tensor"),
+        (dict(hint=torch.zeros(2, 4, 64, 64)), r"hint must be a \(1, 4, 64, 64\) tensor"),
+        (dict(reference=torch.zeros(1, 224, 224)), r"reference must be a \(B, 3, H, W\) tensor"),
+        (dict(generator=[torch.Generator()] * 2), "generator is a list of 2 but reference has 1 rows"),
+        (dict(output_type="pil"), "output_type='pil' is not one of pt, latent"),
+        (dict(num_inference_steps=0), "num_inference_steps"),
+        (dict(detail_chunk_size=0), "detail_chunk_size"),
+    ],
+)
+def test_generate_crops_bad_inputs(pipe, change, message):
+    reference, hint = _prepared_tensors(pipe, get_dummy_inputs())
+    arguments = dict(reference=reference, hint=hint, num_inference_steps=1) | change
+    with pytest.raises(ValueError, match=message):
+        pipe.generate_crops(arguments.pop("reference"), arguments.pop("hint"), **arguments)
 
 
 def test_default_ddim_timesteps_are_the_released_ones(pipe):
@@ -310,3 +349,19 @@ def test_compose_cli_writes_a_composite(pipe, tmp_path):
     assert PIL.Image.open(tmp_path / "out.png").size == (96, 80)
     bad_box = [a if a != "30,20,60,50" else "1,2,3" for a in args]
     assert main(bad_box) == 2  # a one-line error, not a traceback
+
+
+def test_step_callback_sees_and_can_replace_the_latents(pipe):
+    seen = []
+
+    def record(pipeline, step, timestep, tensors):
+        seen.append((step, int(timestep), tuple(tensors["latents"].shape)))
+        return tensors
+
+    reference = pipe(**get_dummy_inputs()).crops
+    crops = pipe(**get_dummy_inputs(), callback_on_step_end=record).crops
+    assert [s[0] for s in seen] == [0, 1] and all(s[2] == (1, 4, 16, 16) for s in seen)
+    torch.testing.assert_close(crops, reference, rtol=0, atol=0)  # returning them unchanged changes nothing
+
+    zeroed = pipe(**get_dummy_inputs(), callback_on_step_end=lambda p, i, t, k: {"latents": k["latents"] * 0}).crops
+    assert (zeroed - reference).abs().max() > 1e-3  # what the callback returns is what the loop continues with

@@ -10,13 +10,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from eval.sweeps import DONE, SweepSpec, run_id, run_sweep
+from eval.sweeps import DONE, SweepSpec, folder_lock, run_id, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,6 +85,30 @@ def test_run_ids_are_stable_and_change_with_any_parameter():
     assert run_id(params) != run_id({**params, "a": 2})
     assert run_id(params) != run_id({**params, "b": [1, 0]})
     assert len(run_id(params)) == 10
+
+
+def test_folder_lock_waits_or_reports_a_held_lock(tmp_path):
+    """flock locks of two open files conflict even within one process: a
+    non-blocking try reports the held lock, a blocking one waits for it."""
+    folder = tmp_path / "run" / "nested"
+    acquired = threading.Event()
+
+    def wait_for_lock():
+        with folder_lock(folder) as held:
+            assert held
+            acquired.set()
+
+    with folder_lock(folder) as held:
+        assert held and (folder / ".lock").is_file()
+        with folder_lock(folder, blocking=False) as second:
+            assert second is False
+        waiter = threading.Thread(target=wait_for_lock)
+        waiter.start()
+        assert not acquired.wait(0.2)  # still held here
+    assert acquired.wait(10)
+    waiter.join()
+    with folder_lock(folder, blocking=False) as again:
+        assert again is True
 
 
 def test_bad_specs_give_clear_errors(tmp_path):

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from anydoor.training.checkpoints import (
     COMPLETE_MARKER,
     atomic_folder,
+    cached_folder,
     checkpoint_path,
     latest_checkpoint,
     list_checkpoints,
@@ -156,6 +157,34 @@ def test_atomic_folder_replaces_and_prune_keeps_newest(tmp_path):
     assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 3]
 
 
+def test_cached_folder_builds_once_per_key_and_atomically(tmp_path):
+    folder, builds = tmp_path / "cache", []
+
+    def build(tmp: Path) -> dict:
+        builds.append(tmp)
+        (tmp / "weights").write_text(str(len(builds)))
+        return {"n": len(builds)}
+
+    meta = cached_folder(folder, "k1", "meta.json", build)
+    assert meta == {"cache_key": "k1", "n": 1}
+    assert list(json.loads((folder / "meta.json").read_text()).items()) == [("cache_key", "k1"), ("n", 1)]
+    assert builds[0] != folder and not builds[0].exists()  # written aside, renamed into place
+    assert cached_folder(folder, "k1", "meta.json", build) == meta and len(builds) == 1  # reused
+    assert cached_folder(folder, "k1", "meta.json", build, reuse=False) == {"cache_key": "k1", "n": 2}
+    assert cached_folder(folder, "k2", "meta.json", build) == {"cache_key": "k2", "n": 3}
+    assert (folder / "weights").read_text() == "3"
+
+    def crash(tmp: Path) -> dict:
+        (tmp / "weights").write_text("half")
+        raise RuntimeError("crash")
+
+    with pytest.raises(RuntimeError, match="crash"):
+        cached_folder(folder, "k3", "meta.json", crash)
+    assert (folder / "weights").read_text() == "3"  # the old folder, whole
+    assert json.loads((folder / "meta.json").read_text())["cache_key"] == "k2"
+    assert [p.name for p in tmp_path.iterdir()] == ["cache"]
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -253,6 +282,8 @@ def test_resume_equals_uninterrupted_run_and_checkpoint_samples(data, tmp_path):
         (["data.0.path=/no/such/folder"], FileNotFoundError, r"'data.0' \(video source '/no/such/folder'\)"),
         (["batch_size=50"], ValueError, r"batch_size=50 x 1 process\(es\) = 50 is larger than the data set \(\d+ samples"),
         (["model.vae=/no/such/vae"], FileNotFoundError, r"'model.vae' = '/no/such/vae' is not a saved VAE folder"),
+        (["model.base_unet=/no/such/unet"], FileNotFoundError,
+         r"'model.base_unet' = '/no/such/unet' is not a saved UNet folder; pretrain one with `anydoor train-base"),
     ],
 )
 def test_bad_training_input(data, tmp_path, overrides, error, message):

@@ -355,6 +355,7 @@ def prepare_inference_inputs(
     scene_box=None,
     config: PairConfig = PairConfig(),
     rng: np.random.Generator | None = None,
+    shape_control: bool = False,
 ) -> AnyDoorSample:
     """Build the model inputs for inserting an object into a scene (DESIGN.md "Sampling recipe").
 
@@ -362,7 +363,10 @@ def prepare_inference_inputs(
     augmentation; target box = the box of `scene_mask` (or `scene_box`)
     expanded by `inference_box_ratio`; crop = that box expanded by
     `inference_crop_ratio`, squared and clipped to the scene; the mask
-    channel is the box (no perturbation). Give exactly one of `scene_mask`
+    channel is the box (no perturbation), or with `shape_control` the
+    scene mask itself (AnyDoor's shape-controlled insertion, DESIGN.md 1: the
+    model was trained on perturbed true masks in that channel, so a
+    silhouette there says the object's shape and pose). Give exactly one of `scene_mask`
     and `scene_box` (x0, y0, x1, y1, inside the scene). An all-ones
     `object_mask` means the whole image is the object; objects touching the
     image border are fine. `rng` is needed only by the random detail maps
@@ -394,15 +398,22 @@ def prepare_inference_inputs(
     if config.detail_map in RANDOM_DETAIL_MAPS and rng is None:
         raise ValueError(f"detail map {config.detail_map!r} is random: pass rng (a numpy.random.Generator)")
     _check_rng(rng, required=False)
+    if not isinstance(shape_control, (bool, np.bool_)):
+        raise TypeError(f"shape_control must be a bool, got {type(shape_control).__name__} {shape_control!r}")
+    if shape_control and scene_mask is None:
+        raise ValueError("shape_control=True needs a scene_mask (the silhouette), got a scene_box")
 
     # 2. Reference and its detail map
     ref, ref_object = _prepare_reference(object_image, object_mask, config.inference_ref_pad, config)
     detail = detail_map(config.detail_map, ref, ref_object, rng)
 
-    # 3. Target box and crop; box mask
+    # 3. Target box and crop; mask channel: the box, or the silhouette (shape control)
     box = expand_box(target_box, config.inference_box_ratio, scene_hw)
     crop = square_box(expand_box(box, config.inference_crop_ratio), scene_hw)
-    mask_channel = box_mask(box_in_box(box, crop), (crop[3] - crop[1], crop[2] - crop[0]))
+    if shape_control:
+        mask_channel = as_binary_mask(scene_mask, "scene_mask", shape=scene_hw)[crop[1] : crop[3], crop[0] : crop[2]]
+    else:
+        mask_channel = box_mask(box_in_box(box, crop), (crop[3] - crop[1], crop[2] - crop[0]))
 
     # 4. Collage, padding, resizing
     target, hint, paste = _target_and_hint(scene_image, crop, box, detail, mask_channel, config)

@@ -26,8 +26,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anydoor.training.checkpoints import atomic_folder
-from anydoor.training.vae import VAETrainSettings, _load, _random_crops, cache_key as vae_data_key, find_images
+from anydoor.training.checkpoints import cached_folder
+from anydoor.training.vae import (
+    VAETrainSettings,
+    cache_key as vae_data_key,
+    find_images,
+    load_training_images,
+    random_scene_crops,
+)
 
 META_FILE = "base_meta.json"
 _KEY_VERSION = 1
@@ -46,6 +52,8 @@ class BaseTrainSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        if self.image_size % 4:
+            raise ValueError(f"image_size must be a multiple of 4 (the VAE downsamples x4), got {self.image_size}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
 
@@ -85,18 +93,30 @@ def train_tiny_base(
     unconditional eps-prediction denoiser of VAE latents of random scene
     crops, t ~ U[0, 1000) on SD2.1's schedule; save it to `out_dir`
     (atomically) with ``base_meta.json``."""
+    return _train_into(data_dir, vae_dir, out_dir, BaseTrainSettings(**settings), progress, reuse=False)
+
+
+def _train_into(data_dir: str | PathLike, vae_dir: str | PathLike, out_dir: str | PathLike,
+                settings: BaseTrainSettings, progress: bool, reuse: bool) -> dict:
+    """`train_tiny_base` into `out_dir` (atomically, with ``base_meta.json``),
+    or nothing when `reuse` and `out_dir` holds a UNet of the same cache key."""
+    vae_dir = Path(vae_dir)
+    if not (vae_dir / "config.json").is_file():
+        raise FileNotFoundError(f"vae_dir {str(vae_dir)!r} is not a saved VAE; train one with `anydoor train-vae`")
+    key = cache_key(data_dir, vae_dir, settings)
+    return cached_folder(
+        out_dir, key, META_FILE, lambda folder: _train(folder, data_dir, vae_dir, settings, progress), reuse=reuse
+    )
+
+
+def _train(folder: Path, data_dir: str | PathLike, vae_dir: Path, settings: BaseTrainSettings, progress: bool) -> dict:
+    """Pretrain the UNet, save it into `folder`; return its metadata but the cache key."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from tqdm.auto import tqdm
 
     from anydoor.presets import tiny_unet_config, training_scheduler
 
-    settings = BaseTrainSettings(**settings)
-    vae_dir = Path(vae_dir)
-    if not (vae_dir / "config.json").is_file():
-        raise FileNotFoundError(f"vae_dir {str(vae_dir)!r} is not a saved VAE; train one with `anydoor train-vae`")
-    key = cache_key(data_dir, vae_dir, settings)
-    images = _load(find_images(data_dir))
-    crops = VAETrainSettings(image_size=settings.image_size, patch_size=settings.image_size)
+    images = load_training_images(find_images(data_dir))
     vae = AutoencoderKL.from_pretrained(vae_dir).eval().requires_grad_(False)
     scheduler = training_scheduler()
     with torch.random.fork_rng(devices=[]):
@@ -111,7 +131,7 @@ def train_tiny_base(
     bar = tqdm(range(settings.steps), desc="train-base", disable=not progress, dynamic_ncols=True)
     losses = []
     for _ in bar:
-        x = _random_crops(images, settings.batch_size, crops, rng)
+        x = random_scene_crops(images, settings.batch_size, rng, settings.image_size)
         with torch.no_grad():
             latents = vae.encode(x).latent_dist.sample(generator=generator) * vae.config.scaling_factor
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x),), generator=generator)
@@ -124,7 +144,6 @@ def train_tiny_base(
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
     meta = {
-        "cache_key": key,
         "final_loss": float(np.mean(losses[-50:])),
         "first_loss": float(np.mean(losses[:50])),
         "train_seconds": time.perf_counter() - start,
@@ -132,19 +151,12 @@ def train_tiny_base(
         "data_dir": str(data_dir),
         "vae_dir": str(vae_dir),
     }
-    with atomic_folder(out_dir) as tmp:
-        unet.save_pretrained(tmp)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    unet.save_pretrained(folder)
     return meta
 
 
 def ensure_tiny_base(data_dir: str | PathLike, vae_dir: str | PathLike, cache_dir: str | PathLike,
                      progress: bool = True, **settings) -> Path:
     """The pretrained tiny UNet folder: `cache_dir` if its key matches, else trained into it."""
-    cache_dir = Path(cache_dir)
-    meta_path = cache_dir / META_FILE
-    key = cache_key(data_dir, vae_dir, BaseTrainSettings(**settings))
-    if meta_path.is_file() and json.loads(meta_path.read_text()).get("cache_key") == key:
-        return cache_dir
-    train_tiny_base(data_dir, vae_dir, cache_dir, progress=progress, **settings)
-    return cache_dir
+    _train_into(data_dir, vae_dir, cache_dir, BaseTrainSettings(**settings), progress, reuse=True)
+    return Path(cache_dir)

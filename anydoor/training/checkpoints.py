@@ -1,4 +1,5 @@
-"""Training checkpoints: atomic folders, the latest complete one, pruning.
+"""Training checkpoints: atomic folders, the latest complete one, pruning;
+folders built once per cache key.
 
 Layout of a run's output folder::
 
@@ -16,10 +17,11 @@ system, so a folder named ``step-NNNNNN`` is always whole.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from os import PathLike
 from pathlib import Path
@@ -75,6 +77,30 @@ def atomic_folder(path: str | PathLike) -> Iterator[Path]:
     else:
         os.rename(tmp, path)
     _fsync_dir(path.parent)
+
+
+def cached_folder(
+    folder: str | PathLike, key: str, meta_file: str, build: Callable[[Path], dict], reuse: bool = True
+) -> dict:
+    """A folder built once per cache key: its metadata, read or freshly written.
+
+    When ``folder/meta_file`` records ``"cache_key": key`` (and `reuse`), the
+    folder is kept as it is. Otherwise ``build(tmp)`` writes the contents into
+    a temporary folder and returns their metadata; the metadata, with
+    ``cache_key`` first, is written to ``meta_file`` and the folder renamed into
+    place (`atomic_folder`), so a crash leaves the old folder or none, never a
+    half-written one whose key matches.
+    """
+    folder = Path(folder)
+    meta_path = folder / meta_file
+    if reuse and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("cache_key") == key:
+            return meta
+    with atomic_folder(folder) as tmp:
+        meta = {"cache_key": key, **build(tmp)}
+        (tmp / meta_file).write_text(json.dumps(meta, indent=1) + "\n")
+    return meta
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import gather_object
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
@@ -101,28 +101,26 @@ class AnyDoorDenoiser(nn.Module):
 # --------------------------------------------------------------------------- models
 
 
+def _load_saved(cls, path: str | None, key: str, what: str, hint: str):
+    """``cls.from_pretrained(path)``, None for no path; a missing folder raises naming the config key."""
+    if path is None:
+        return None
+    if not (Path(path) / "config.json").is_file():
+        raise FileNotFoundError(f"config key {key!r} = {path!r} is not a saved {what} folder; {hint}")
+    return cls.from_pretrained(path)
+
+
 def _build_components(config: TrainConfig) -> dict:
     """Fresh components: the embedded tiny preset or SD2.1-base + an ID backbone."""
     model = config.model
     if model.preset == "tiny":
-        vae = None
-        if model.vae is not None:
-            if not (Path(model.vae) / "config.json").is_file():
-                raise FileNotFoundError(
-                    f"config key 'model.vae' = {model.vae!r} is not a saved VAE folder; "
-                    "train one with `anydoor train-vae --data DIR --out DIR`"
-                )
-            vae = AutoencoderKL.from_pretrained(model.vae)
-        unet = None
-        if model.base_unet is not None:
-            from diffusers import UNet2DConditionModel
-
-            if not (Path(model.base_unet) / "config.json").is_file():
-                raise FileNotFoundError(
-                    f"config key 'model.base_unet' = {model.base_unet!r} is not a saved UNet folder; "
-                    "pretrain one with `anydoor train-base --data DIR --vae DIR --out DIR`"
-                )
-            unet = UNet2DConditionModel.from_pretrained(model.base_unet)
+        vae = _load_saved(
+            AutoencoderKL, model.vae, "model.vae", "VAE", "train one with `anydoor train-vae --data DIR --out DIR`"
+        )
+        unet = _load_saved(
+            UNet2DConditionModel, model.base_unet, "model.base_unet", "UNet",
+            "pretrain one with `anydoor train-base --data DIR --vae DIR --out DIR`",
+        )
         return tiny_components(seed=config.seed, id_extractor=model.id_extractor, vae=vae, unet=unet)
     projector_generator = torch.Generator().manual_seed(config.seed)
     pipe = AnyDoorPipeline.from_base_models(
@@ -139,11 +137,13 @@ def _build_components(config: TrainConfig) -> dict:
 
 
 def _make_pipeline(components: dict, config: TrainConfig, image_size: int):
-    return AnyDoorPipeline(
+    pipe = AnyDoorPipeline(
         vae=components["vae"], unet=components["unet"], controlnet=components["controlnet"],
         id_extractor=components["id_extractor"], scheduler=components["scheduler"], image_size=image_size,
         detail_map=config.model.detail_map, remove_background=config.model.remove_background,
     )
+    pipe.set_progress_bar_config(disable=True)  # sample grids run inside the training bar
+    return pipe
 
 
 def _freeze_to_eval(module: nn.Module) -> None:
@@ -274,29 +274,6 @@ def _init_wandb(config: TrainConfig, output_dir: Path):
     )
 
 
-@torch.no_grad()
-def _generate_crops(pipe, reference: torch.Tensor, hint: torch.Tensor, generator: torch.Generator,
-                    steps: int, guidance: float) -> torch.Tensor:
-    """Crops in [0, 1] for prepared training tensors: steps 3-7 of
-    `AnyDoorPipeline.__call__` (zero-image unconditional tokens, hint in both
-    branches), which takes raw images rather than prepared tensors."""
-    device, batch = pipe.unet.device, reference.shape[0]
-    tokens = pipe.id_extractor(reference.to(device))
-    tokens = torch.cat([pipe.id_extractor.unconditional_tokens(batch), tokens])
-    hint = torch.cat([hint, hint]).to(device)
-    pipe.scheduler.set_timesteps(steps, device=device)
-    side = pipe.config.image_size // pipe.vae_scale_factor
-    latents = torch.randn((batch, pipe.unet.config.in_channels, side, side), generator=generator).to(device)
-    latents = latents * pipe.scheduler.init_noise_sigma
-    for t in pipe.scheduler.timesteps:
-        model_input = pipe.scheduler.scale_model_input(torch.cat([latents] * 2), t)
-        eps_uncond, eps_cond = predict_noise(pipe.unet, pipe.controlnet, model_input, t, tokens, hint).chunk(2)
-        eps = eps_uncond + guidance * (eps_cond - eps_uncond)
-        latents = pipe.scheduler.step(eps, t, latents, return_dict=False)[0]
-    images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
-    return ((images.float().clamp(-1, 1) + 1) / 2).cpu()
-
-
 def _sample_pairs(config: TrainConfig, image_size: int) -> dict:
     """The first `sample_count` items of epoch 0, from a separate copy of the
     data set: the same pairs in every grid of a run, resumed or not."""
@@ -310,7 +287,10 @@ def _sample_grid(pipe, batch: dict, config: TrainConfig) -> np.ndarray:
     """Rows: reference, collage, true target, generated (one column per pair), uint8 HxWx3."""
     size = pipe.config.image_size
     generator = torch.Generator().manual_seed(config.seed)
-    crops = _generate_crops(pipe, batch["reference"], batch["hint"], generator, config.sample_steps, config.sample_guidance)
+    crops = pipe.generate_crops(
+        batch["reference"], batch["hint"], num_inference_steps=config.sample_steps,
+        guidance_scale=config.sample_guidance, generator=generator,
+    )
     reference = F.interpolate(batch["reference"], size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     rows = [reference, (batch["hint"][:, :3] + 1) / 2, (batch["target"] + 1) / 2, crops]
     grid = torch.cat([torch.cat(list(row.clamp(0, 1)), dim=2) for row in rows], dim=1)

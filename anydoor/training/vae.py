@@ -26,7 +26,7 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
-from anydoor.training.checkpoints import atomic_folder
+from anydoor.training.checkpoints import cached_folder
 
 META_FILE = "vae_meta.json"
 IMAGE_GLOBS = ("videos/JPEGImages/*/*.jpg", "images/images/*.jpg", "images/images/*.png")
@@ -77,7 +77,8 @@ def find_images(data_dir: str | PathLike) -> list[Path]:
     return files
 
 
-def _load(files: list[Path]) -> list[torch.Tensor]:
+def load_training_images(files: list[Path]) -> list[torch.Tensor]:
+    """The images as (3, H, W) float32 tensors in [-1, 1] (the VAE's range)."""
     images = []
     for path in files:
         with PIL.Image.open(path) as image:
@@ -93,20 +94,35 @@ def _crop(image: torch.Tensor, box: tuple[int, int, int], size: int, flip: bool)
     return crop.flip(-1) if flip else crop
 
 
-def _random_crops(images: list[torch.Tensor], n: int, settings: VAETrainSettings, rng: np.random.Generator) -> torch.Tensor:
-    """Square crops of random position and scale resized to image_size (the
-    scales at which AnyDoor's target crops, box x 1.3-3.0, show the scenes),
-    then a random patch_size window of each (the VAE is convolutional)."""
+def random_scene_crops(
+    images: list[torch.Tensor],
+    n: int,
+    rng: np.random.Generator,
+    image_size: int,
+    patch_size: int | None = None,
+    min_crop: float = VAETrainSettings.min_crop,
+) -> torch.Tensor:
+    """(n, 3, patch_size, patch_size) training crops of `load_training_images` images.
+
+    Square crops of random image, position, scale (side from ``min_crop`` x
+    the short side to all of it) and horizontal flip, resized to
+    ``image_size`` (the scales at which AnyDoor's target crops, box x 1.3-3.0,
+    show the scenes), then a random ``patch_size`` window of each (default: the
+    whole crop; the VAE is convolutional, so it trains on windows). The
+    window is drawn even when it is the whole crop, so the draws from `rng`
+    do not depend on ``patch_size``.
+    """
+    patch_size = image_size if patch_size is None else patch_size
     crops = []
     for _ in range(n):
         image = images[int(rng.integers(len(images)))]
         short = min(image.shape[1:])
-        side = int(rng.integers(max(2, round(settings.min_crop * short)), short + 1))
+        side = int(rng.integers(max(2, round(min_crop * short)), short + 1))
         y = int(rng.integers(image.shape[1] - side + 1))
         x = int(rng.integers(image.shape[2] - side + 1))
-        crop = _crop(image, (y, x, side), settings.image_size, bool(rng.random() < 0.5))
-        py, px = (int(v) for v in rng.integers(settings.image_size - settings.patch_size + 1, size=2))
-        crops.append(crop[:, py : py + settings.patch_size, px : px + settings.patch_size])
+        crop = _crop(image, (y, x, side), image_size, bool(rng.random() < 0.5))
+        py, px = (int(v) for v in rng.integers(image_size - patch_size + 1, size=2))
+        crops.append(crop[:, py : py + patch_size, px : px + patch_size])
     return torch.stack(crops)
 
 
@@ -176,42 +192,57 @@ def train_vae(
         the trained and of the untrained VAE, latent std, scaling factor,
         training time.
     """
+    settings = VAETrainSettings(
+        steps=steps, batch_size=batch_size, learning_rate=float(learning_rate), kl_weight=float(kl_weight),
+        image_size=image_size, patch_size=patch_size, seed=seed,
+    )
+    return _train_into(data_dir, out_dir, settings, progress, reuse=False)
+
+
+def _train_into(data_dir: str | PathLike, out_dir: str | PathLike, settings: VAETrainSettings, progress: bool,
+                reuse: bool) -> dict:
+    """`train_vae` into `out_dir` (atomically, with ``vae_meta.json``), or
+    nothing when `reuse` and `out_dir` holds a VAE of the same cache key."""
+    root = Path(data_dir)
+    key = cache_key(root, settings)
+    return cached_folder(out_dir, key, META_FILE, lambda folder: _train(folder, root, settings, progress), reuse=reuse)
+
+
+def _train(folder: Path, root: Path, settings: VAETrainSettings, progress: bool) -> dict:
+    """Train the VAE, save it (scaling factor set) into `folder`; return its metadata but the cache key."""
     from diffusers import AutoencoderKL
     from tqdm.auto import tqdm
 
     from anydoor.presets import tiny_vae_config
 
-    settings = VAETrainSettings(
-        steps=steps, batch_size=batch_size, learning_rate=float(learning_rate), kl_weight=float(kl_weight),
-        image_size=image_size, patch_size=patch_size, seed=seed,
-    )
-    root = Path(data_dir)
     files = find_images(root)
-    key = cache_key(root, settings)
     held_files = files[::HELD_OUT_EVERY]
     train_files = [f for i, f in enumerate(files) if i % HELD_OUT_EVERY]
-    train_images, held = _load(train_files), _held_out_crops(_load(held_files), image_size)
+    train_images = load_training_images(train_files)
+    held = _held_out_crops(load_training_images(held_files), settings.image_size)
 
     # Init from its own seed, without touching the caller's global RNG.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        vae = AutoencoderKL(**{**tiny_vae_config(), "sample_size": image_size})
+        torch.manual_seed(settings.seed)
+        vae = AutoencoderKL(**{**tiny_vae_config(), "sample_size": settings.image_size})
     psnr_untrained = reconstruction_psnr(vae, held)
-    rng = np.random.default_rng(seed)
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(vae.parameters(), lr=learning_rate)
+    rng = np.random.default_rng(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=settings.learning_rate)
     # Halve the lr for the last third: cheap sharpening of the reconstructions.
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[2 * steps // 3], gamma=0.5)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[2 * settings.steps // 3], gamma=0.5)
 
     start = time.perf_counter()
     vae.train()
-    bar = tqdm(range(steps), desc="train-vae", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(range(settings.steps), desc="train-vae", disable=not progress, dynamic_ncols=True)
     for _ in bar:
-        x = _random_crops(train_images, batch_size, settings, rng)
+        x = random_scene_crops(
+            train_images, settings.batch_size, rng, settings.image_size, settings.patch_size, settings.min_crop
+        )
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=generator), return_dict=False)[0]
         reconstruction = F.mse_loss(recon, x, reduction="none").sum(dim=(1, 2, 3)).mean()
-        loss = reconstruction + kl_weight * posterior.kl().mean()
+        loss = reconstruction + settings.kl_weight * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -225,7 +256,6 @@ def train_vae(
         latent_std = float(latents.std())
     vae.register_to_config(scaling_factor=1.0 / latent_std)
     meta = {
-        "cache_key": key,
         "psnr_held_out": reconstruction_psnr(vae, held),
         "psnr_untrained": psnr_untrained,
         "latent_std": latent_std,
@@ -236,9 +266,7 @@ def train_vae(
         "settings": asdict(settings),
         "data_dir": str(root),
     }
-    with atomic_folder(out_dir) as tmp:
-        vae.save_pretrained(tmp)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    vae.save_pretrained(folder)
     return meta
 
 
@@ -251,10 +279,5 @@ def ensure_tiny_vae(data_dir: str | PathLike, cache_dir: str | PathLike, progres
     unknown = sorted(set(settings) - known)
     if unknown:
         raise TypeError(f"ensure_tiny_vae got unknown settings {unknown}; known: {sorted(known)}")
-    cache_dir = Path(cache_dir)
-    meta_path = cache_dir / META_FILE
-    key = cache_key(data_dir, VAETrainSettings(**settings))
-    if meta_path.is_file() and json.loads(meta_path.read_text()).get("cache_key") == key:
-        return cache_dir
-    train_vae(data_dir, cache_dir, progress=progress, **settings)
-    return cache_dir
+    _train_into(data_dir, cache_dir, VAETrainSettings(**settings), progress, reuse=True)
+    return Path(cache_dir)
