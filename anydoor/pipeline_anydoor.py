@@ -32,6 +32,7 @@ from anydoor.models.denoiser import detail_residuals, detail_residuals_for_times
 # Imported (not only type hints): diffusers' loader resolves a saved pipeline's
 # `id_extractor` entry from this module, which must already be imported.
 from anydoor.models.id_extractors import CLIPIDExtractor, DINOv2IDExtractor
+from anydoor.presets import PREDICTION_TYPES
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 RANDOM_DETAIL_MAPS = ("noise", "shuffle")
@@ -65,14 +66,15 @@ class AnyDoorPipelineOutput(BaseOutput):
     crops: Any
 
 
-def _check_epsilon_scheduler(scheduler) -> None:
-    prediction_type = getattr(scheduler.config, "prediction_type", "epsilon")
-    if prediction_type != "epsilon":
+def _check_scheduler_prediction(scheduler, prediction_type: str) -> None:
+    """The scheduler must read the UNet's output as what the UNet was trained to predict."""
+    got = getattr(scheduler.config, "prediction_type", "epsilon")
+    if got != prediction_type:
         raise ValueError(
-            f"scheduler prediction_type={prediction_type!r} is not supported: AnyDoor is trained "
-            "with epsilon prediction on SD2.1-base (512 px). A v-prediction scheduler belongs to "
-            "the 768 px SD2.1; use stabilityai/stable-diffusion-2-1-base or set "
-            "prediction_type='epsilon' when swapping schedulers."
+            f"scheduler prediction_type={got!r} does not match the model's {prediction_type!r} "
+            "(the pipeline config's prediction_type): the released AnyDoor and SD2.1-base predict "
+            "'epsilon', the tiny preset 'v_prediction'. Build swapped schedulers with "
+            f"Scheduler.from_config(pipe.scheduler.config) or pass prediction_type={prediction_type!r}."
         )
 
 
@@ -123,11 +125,14 @@ class AnyDoorPipeline(DiffusionPipeline):
         controlnet: the detail extractor, a `ControlNetModel` with a zeroed
             `conv_in` (it never sees the noisy latent, DESIGN.md 1c).
         id_extractor: `DINOv2IDExtractor` or `CLIPIDExtractor`.
-        scheduler: any epsilon-prediction diffusers scheduler; DDIM (released).
+        scheduler: a diffusers scheduler whose prediction_type is the UNet's;
+            DDIM (released).
     Configuration: `image_size` (S, the generated crop's side), `detail_map`
     (what is pasted into the collage: hf, rgb, noise, shuffle, none),
-    `remove_background` (white out the reference background), and the default
-    `control_scale`.
+    `remove_background` (white out the reference background), the default
+    `control_scale`, and `prediction_type` (what the UNet predicts: "epsilon"
+    for the released model, "v_prediction" for the embedded default; taken
+    from the scheduler when not given).
     """
 
     model_cpu_offload_seq = "id_extractor->controlnet->unet->vae"
@@ -144,11 +149,16 @@ class AnyDoorPipeline(DiffusionPipeline):
         detail_map: str = "hf",
         remove_background: bool = True,
         control_scale: float = 1.0,
+        prediction_type: str | None = None,
     ):
         super().__init__()
         if detail_map not in DETAIL_MAP_NAMES:
             raise ValueError(f"detail_map={detail_map!r} is not one of {', '.join(DETAIL_MAP_NAMES)}")
-        _check_epsilon_scheduler(scheduler)
+        if prediction_type is None:  # pipelines saved before the key existed: the scheduler says it
+            prediction_type = getattr(scheduler.config, "prediction_type", "epsilon")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type={prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
+        _check_scheduler_prediction(scheduler, prediction_type)
         self.register_modules(
             vae=vae, unet=unet, controlnet=controlnet, id_extractor=id_extractor, scheduler=scheduler
         )
@@ -157,6 +167,7 @@ class AnyDoorPipeline(DiffusionPipeline):
             detail_map=detail_map,
             remove_background=bool(remove_background),
             control_scale=float(control_scale),
+            prediction_type=prediction_type,
         )
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         if image_size % self.vae_scale_factor:
@@ -219,7 +230,7 @@ class AnyDoorPipeline(DiffusionPipeline):
         detail_chunk_size: int | None,
     ) -> None:
         """The checks of `check_inputs` that `generate_crops` shares."""
-        _check_epsilon_scheduler(self.scheduler)
+        _check_scheduler_prediction(self.scheduler, self.config.prediction_type)
         if not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
         if not np.isfinite(guidance_scale) or guidance_scale < 0:

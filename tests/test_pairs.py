@@ -319,6 +319,30 @@ def test_inference_scene_mask_equals_its_box_and_is_deterministic():
     _assert_samples_equal(from_box, again)
 
 
+def test_inference_shape_control_puts_the_silhouette_in_the_mask_channel():
+    # The asymmetric-box geometry above, with a cross-shaped silhouette of that box.
+    config = PairConfig(image_size=132)
+    silhouette = np.zeros((200, 300), bool)
+    silhouette[50:110, 115:125] = True  # vertical bar, x 115..125
+    silhouette[75:85, 100:140] = True  # horizontal bar spanning the box's width
+    boxed = prepare_inference_inputs(*_object(), _scene(), scene_mask=silhouette, config=config)
+    shaped = prepare_inference_inputs(*_object(), _scene(), scene_mask=silhouette, config=config, shape_control=True)
+    assert shaped.paste == boxed.paste  # same geometry: only the mask channel changes
+    np.testing.assert_array_equal(shaped.hint[..., :3], boxed.hint[..., :3])
+    np.testing.assert_array_equal(shaped.reference, boxed.reference)
+    np.testing.assert_array_equal(shaped.hint[..., 3], silhouette[14:146, 54:186].astype(np.float32))
+    assert boxed.hint[..., 3].sum() > shaped.hint[..., 3].sum() > 0
+
+
+def test_inference_shape_control_bad_inputs():
+    image, mask = _object()
+    with pytest.raises(ValueError, match="shape_control=True needs a scene_mask"):
+        prepare_inference_inputs(image, mask, _scene(), scene_box=(10, 10, 60, 60), config=SMALL, shape_control=True)
+    scene_mask = _box_mask((200, 300), (10, 10, 60, 60))
+    with pytest.raises(TypeError, match="shape_control must be a bool, got str 'yes'"):
+        prepare_inference_inputs(image, mask, _scene(), scene_mask=scene_mask, config=SMALL, shape_control="yes")
+
+
 def test_inference_reference_is_padded_by_1_2_without_augmentation():
     image, mask = _object()  # object 30 wide, 50 tall -> padded 36 x 60 -> square 60
     sample = prepare_inference_inputs(image, mask, _scene(), scene_box=(10, 10, 60, 60), config=SMALL)

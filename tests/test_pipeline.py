@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 
 import numpy as np
@@ -103,7 +104,7 @@ def _released_loop(pipe: AnyDoorPipeline, inputs: dict) -> torch.Tensor:
     reference, hint = _prepared_tensors(pipe, inputs)
     cond = pipe.id_extractor(reference)
     uncond = pipe.id_extractor(torch.zeros_like(reference))
-    scheduler = sampling_scheduler()
+    scheduler = sampling_scheduler(pipe.config.prediction_type)
     scheduler.set_timesteps(inputs["num_inference_steps"])
     latents = torch.randn((1, 4, 16, 16), generator=torch.Generator().manual_seed(0))
     g = inputs["guidance_scale"]
@@ -211,14 +212,19 @@ def test_scheduler_swap_runs(pipe, scheduler_cls):
         pipe.scheduler = original
 
 
-def test_v_prediction_is_refused(pipe):
+def test_a_scheduler_of_another_prediction_type_is_refused(pipe):
     original = pipe.scheduler
+    other = "epsilon" if pipe.config.prediction_type == "v_prediction" else "v_prediction"
     try:
-        pipe.scheduler = DPMSolverMultistepScheduler.from_config(original.config, prediction_type="v_prediction")
-        with pytest.raises(ValueError, match="v_prediction"):
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(original.config, prediction_type=other)
+        with pytest.raises(ValueError, match=f"prediction_type='{other}' does not match the model's"):
             pipe(**get_dummy_inputs())
     finally:
         pipe.scheduler = original
+    with pytest.raises(ValueError, match="does not match"):
+        AnyDoorPipeline(**{**pipe.components, "scheduler": pipe.scheduler}, image_size=64, prediction_type=other)
+    with pytest.raises(ValueError, match="prediction_type='sample' is not one of"):
+        AnyDoorPipeline(**pipe.components, image_size=64, prediction_type="sample")
 
 
 def test_every_pixel_outside_the_crop_box_equals_the_scene(pipe):
@@ -242,6 +248,31 @@ def test_scene_box_and_rgba_object(pipe):
     inputs.pop("scene_mask")
     out = pipe(object_image=rgba, scene_box=(30, 20, 60, 50), **inputs)
     assert out.crops.shape == (1, 3, 64, 64)
+
+
+def test_shape_control_feeds_the_silhouette_and_needs_a_mask(pipe):
+    inputs = get_dummy_inputs()
+    silhouette = np.zeros_like(inputs["scene_mask"])
+    silhouette[20:50, 40:50] = True  # a bar inside the box (30, 20, 60, 50)
+    silhouette[30:40, 30:60] = True
+    inputs["scene_mask"] = silhouette
+    boxed = pipe.prepare_inputs(inputs["object_image"], inputs["object_mask"], inputs["scene_image"], scene_mask=silhouette)
+    shaped = pipe.prepare_inputs(inputs["object_image"], inputs["object_mask"], inputs["scene_image"], scene_mask=silhouette,
+                                 shape_control=True)
+    assert shaped.paste == boxed.paste and 0 < shaped.hint[..., 3].sum() < boxed.hint[..., 3].sum()
+    # The untrained detail extractor's zero convolutions hide the hint: open them.
+    opened = copy.deepcopy(pipe)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        controlnet = opened.controlnet
+        for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block, controlnet.controlnet_cond_embedding.conv_out]:
+            conv.weight.copy_(0.1 * torch.randn(conv.weight.shape, generator=generator))
+    a = opened(**inputs, shape_control=True).crops
+    b = opened(**{**inputs, "generator": torch.Generator().manual_seed(0)}).crops
+    assert a.shape == b.shape and not torch.equal(a, b)  # the mask channel reaches the model
+    inputs.pop("scene_mask")
+    with pytest.raises(ValueError, match="pair 0: shape_control=True needs a scene_mask"):
+        pipe(**inputs, scene_box=(30, 20, 60, 50), shape_control=True)
 
 
 @pytest.mark.parametrize("id_extractor", ["dinov2", "dinov2-global", "clip"])

@@ -12,10 +12,13 @@ from anydoor.models.id_extractors import CLIPIDExtractor, DINOv2IDExtractor
 from anydoor.presets import (
     DINOV2_GIANT_IMAGE_SIZE,
     TINY_IMAGE_SIZE,
+    TINY_PREDICTION_TYPE,
     full_size_components,
     full_size_configs,
+    prediction_target,
     sampling_scheduler,
     tiny_components,
+    tiny_unet_config,
     tiny_vae_config,
     training_scheduler,
 )
@@ -128,6 +131,24 @@ def test_schedulers_follow_the_released_recipe():
     # scaled_linear: sqrt-spaced betas from 0.00085 to 0.012
     assert ddpm.betas[0].item() == pytest.approx(0.00085) and ddpm.betas[-1].item() == pytest.approx(0.012)
     assert ddpm.betas[500].item() == pytest.approx(((0.00085**0.5 + (0.012**0.5 - 0.00085**0.5) * 500 / 999) ** 2))
+
+
+def test_prediction_target_is_eps_or_v_by_hand():
+    latents = torch.tensor([[[[2.0]]]])
+    noise = torch.tensor([[[[-1.0]]]])
+    t = torch.tensor([981])
+    assert torch.equal(prediction_target(training_scheduler(), latents, noise, t), noise)
+    abar = training_scheduler().alphas_cumprod[981]
+    v = prediction_target(training_scheduler("v_prediction"), latents, noise, t)
+    assert v.item() == pytest.approx((abar.sqrt() * -1.0 - (1 - abar).sqrt() * 2.0).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="prediction_type must be one of .* got 'sample'"):
+        training_scheduler("sample")
+
+
+def test_tiny_preset_predicts_v_and_the_full_size_one_eps():
+    assert tiny_components(seed=0)["scheduler"].config.prediction_type == TINY_PREDICTION_TYPE == "v_prediction"
+    assert full_size_components()["scheduler"].config.prediction_type == "epsilon"
+    assert tiny_unet_config()["norm_num_groups"] == 8  # 4+ channels per group at 32 channels
 
 
 def test_full_size_parameter_counts_match_the_released_checkpoint():

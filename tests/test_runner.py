@@ -60,6 +60,16 @@ def test_rows_columns_and_provenance(results):
     assert df.groupby("pair_id").diversity.nunique().eq(1).all()
 
 
+def test_shape_control_is_recorded(results, pipe, benchmark, backbones):
+    df, _ = results
+    shaped = evaluate(pipe, benchmark, SEEDS, STEPS, 5.0, arm="tiny", backbones=backbones, random_backbones=True,
+                      progress=False, shape_control=True)
+    assert (~df.shape_control.astype(bool)).all() and shaped.shape_control.astype(bool).all()
+    assert list(shaped.pair_id) == list(df.pair_id) and np.isfinite(shaped[METRICS].to_numpy()).all()
+    baselines = evaluate_baseline("scene", benchmark, SEEDS, backbones=backbones, random_backbones=True, progress=False)
+    assert baselines.shape_control.isna().all()  # a baseline has no mask channel
+
+
 def test_batching_does_not_change_results(results, pipe, benchmark, backbones):
     df, _ = results
     single = evaluate(pipe, benchmark, SEEDS, STEPS, 5.0, arm="tiny", backbones=backbones, random_backbones=True,

@@ -36,7 +36,7 @@ from anydoor.training.vae import (
 )
 
 META_FILE = "base_meta.json"
-_KEY_VERSION = 1
+_KEY_VERSION = 2  # 2: v-prediction, 8 norm groups
 
 
 @dataclass(frozen=True)
@@ -66,12 +66,13 @@ def _vae_digest(vae_dir: Path) -> str:
 
 
 def cache_key(data_dir: str | PathLike, vae_dir: str | PathLike, settings: BaseTrainSettings) -> str:
-    from anydoor.presets import tiny_unet_config
+    from anydoor.presets import TINY_PREDICTION_TYPE, tiny_unet_config
 
     payload = json.dumps(
         {
             "version": _KEY_VERSION,
             "unet": tiny_unet_config(),
+            "prediction_type": TINY_PREDICTION_TYPE,
             "settings": asdict(settings),
             "data": vae_data_key(data_dir, VAETrainSettings()),
             "vae": _vae_digest(Path(vae_dir)),
@@ -90,8 +91,8 @@ def train_tiny_base(
     **settings,
 ) -> dict:
     """Pretrain the tiny UNet (`anydoor.presets.tiny_unet_config`) as an
-    unconditional eps-prediction denoiser of VAE latents of random scene
-    crops, t ~ U[0, 1000) on SD2.1's schedule; save it to `out_dir`
+    unconditional v-prediction (`TINY_PREDICTION_TYPE`) denoiser of VAE latents
+    of random scene crops, t ~ U[0, 1000) on SD2.1's schedule; save it to `out_dir`
     (atomically) with ``base_meta.json``."""
     return _train_into(data_dir, vae_dir, out_dir, BaseTrainSettings(**settings), progress, reuse=False)
 
@@ -114,11 +115,11 @@ def _train(folder: Path, data_dir: str | PathLike, vae_dir: Path, settings: Base
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from tqdm.auto import tqdm
 
-    from anydoor.presets import tiny_unet_config, training_scheduler
+    from anydoor.presets import TINY_PREDICTION_TYPE, prediction_target, tiny_unet_config, training_scheduler
 
     images = load_training_images(find_images(data_dir))
     vae = AutoencoderKL.from_pretrained(vae_dir).eval().requires_grad_(False)
-    scheduler = training_scheduler()
+    scheduler = training_scheduler(TINY_PREDICTION_TYPE)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
         unet = UNet2DConditionModel(**tiny_unet_config())
@@ -136,8 +137,8 @@ def _train(folder: Path, data_dir: str | PathLike, vae_dir: Path, settings: Base
             latents = vae.encode(x).latent_dist.sample(generator=generator) * vae.config.scaling_factor
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x),), generator=generator)
         noise = torch.randn(latents.shape, generator=generator)
-        eps = unet(scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=tokens.expand(len(x), -1, -1)).sample
-        loss = F.mse_loss(eps, noise)
+        prediction = unet(scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=tokens.expand(len(x), -1, -1)).sample
+        loss = F.mse_loss(prediction, prediction_target(scheduler, latents, noise, t))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

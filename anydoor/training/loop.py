@@ -3,7 +3,9 @@
 AnyDoor (Chen et al., CVPR 2024, Sec. 3.4; DESIGN.md "Training recipe"):
 eps-prediction on SD2.1's DDPM schedule, the ID tokens of the reference and
 the collage hint as conditions, MSE between the true and predicted noise,
-timesteps from adaptive timestep sampling. The same code runs on a CPU, one
+timesteps from adaptive timestep sampling. The embedded default's tiny UNet
+predicts v instead (`anydoor.presets.TINY_PREDICTION_TYPE`); the loss target
+follows the pipeline's ``prediction_type``. The same code runs on a CPU, one
 GPU, and several GPUs under ``accelerate launch`` (DDP).
 
 Determinism: one CPU `torch.Generator` per process (seeded from the config's
@@ -44,7 +46,7 @@ from anydoor.data.datasets import ImageMaskDataset, MixtureDataset, VideoPairDat
 from anydoor.data.pairs import PairConfig
 from anydoor.models.denoiser import predict_noise, set_trainable
 from anydoor.pipeline_anydoor import AnyDoorPipeline
-from anydoor.presets import tiny_components, training_scheduler
+from anydoor.presets import prediction_target, tiny_components, training_scheduler
 from anydoor.training.checkpoints import (
     atomic_folder,
     checkpoint_path,
@@ -357,7 +359,9 @@ def diffusion_loss(
     autocast=nullcontext,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """AnyDoor's training objective per sample (paper Eq. 1 with ATS):
-    || eps - eps_theta(z_t, t, ID tokens, hint) ||^2, averaged over latent elements.
+    || eps - eps_theta(z_t, t, ID tokens, hint) ||^2, averaged over latent elements;
+    with a v-prediction ``noise_scheduler`` (the tiny preset) the target is
+    v = sqrt(abar_t) eps - sqrt(1 - abar_t) z_0 instead.
 
     z_0 is a posterior sample of the frozen VAE times its scaling factor; t
     comes from `sample_timesteps` by each sample's source kind; z_t =
@@ -384,8 +388,9 @@ def diffusion_loss(
     noise = torch.randn(latents.shape, generator=generator).to(device)
     drop = torch.rand(len(kinds), generator=generator) < cond_dropout
     noisy = noise_scheduler.add_noise(latents, noise, timesteps.to(device))
-    eps = model(noisy, timesteps.to(device), batch["reference"], batch["hint"], drop.to(device))
-    return F.mse_loss(eps.float(), noise, reduction="none").mean(dim=(1, 2, 3)), timesteps
+    prediction = model(noisy, timesteps.to(device), batch["reference"], batch["hint"], drop.to(device))
+    target = prediction_target(noise_scheduler, latents, noise, timesteps.to(device))
+    return F.mse_loss(prediction.float(), target, reduction="none").mean(dim=(1, 2, 3)), timesteps
 
 
 def _checkpoint_to_resume(output_dir: Path, resume: bool | str | PathLike) -> Path | None:
@@ -483,7 +488,8 @@ def train(config: TrainConfig | str | PathLike, resume: bool | str | PathLike = 
         vae, unet, controlnet = components["vae"], components["unet"], components["controlnet"]
         image_size = config.image_size or unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1)
         pipe = _make_pipeline(components, config, image_size)
-        noise_scheduler = training_scheduler()
+        # The loss target follows what the UNet predicts (the pipeline's scheduler says it).
+        noise_scheduler = training_scheduler(pipe.config.prediction_type)
         trainable = set_trainable(unet, controlnet, components["id_extractor"], config.model.trainable)
         vae.requires_grad_(False)
         if raw_weights is not None:
