@@ -12,6 +12,7 @@ Steps, each reused when already done (a rerun takes seconds):
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -43,13 +44,28 @@ def ensure_synthetic_data(folder: Path) -> Path:
     return folder
 
 
+def _is_current(out: Path, inputs: list[Path]) -> bool:
+    """True when `out` exists and is newer than every existing input."""
+    if not out.is_file():
+        return False
+    newest = max((p.stat().st_mtime for p in inputs if p.exists()), default=0.0)
+    return out.stat().st_mtime >= newest
+
+
 def execute_ablation_notebooks(spec: Path, sweep_dir: Path, root: Path) -> list[Path]:
-    """Execute each ablation notebook (its arms are already done) into the sweep folder."""
+    """Execute each ablation notebook (its arms are already done) into the sweep
+    folder; one already executed after the spec, the notebook and every run's
+    DONE marker is kept (a rerun of the demo takes seconds)."""
     out_dir = sweep_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
+    done_markers = sorted(sweep_dir.glob("runs/*/DONE"))
     written = []
     for ablation, name in ABLATION_NOTEBOOKS.items():
         out = out_dir / name
+        if _is_current(out, [spec, root / "notebooks" / name, *done_markers]):
+            _log(f"notebook {name}: reusing {out}")
+            written.append(out)
+            continue
         cmd = [
             sys.executable, "-m", "papermill", str(root / "notebooks" / name), str(out),
             "-p", "sweep_spec", str(spec), "-p", "sweep_dir", str(sweep_dir), "-p", "ablation", ablation,
@@ -58,6 +74,8 @@ def execute_ablation_notebooks(spec: Path, sweep_dir: Path, root: Path) -> list[
         code = subprocess.call(cmd)
         if code != 0:
             _log(f"notebook {name} failed (exit {code}); see {out}")
+            if out.is_file():
+                os.utime(out, (0, 0))  # kept for reading, but stale: the next demo executes it again
         written.append(out)
     return written
 

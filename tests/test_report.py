@@ -269,6 +269,37 @@ def test_demo_spec_expands_to_the_unique_runs():
     assert [len(r.members) for r in runs].count(1) == 11
 
 
+def test_demo_reuses_current_ablation_notebooks_and_redoes_stale_or_failed_ones(tmp_path, monkeypatch):
+    import os
+
+    import eval.demo as demo
+
+    calls = []
+
+    def fake_papermill(cmd):
+        out = Path(cmd[cmd.index("-m") + 3])
+        out.write_text("{}")
+        calls.append(out.name)
+        return 1 if out.name == "03_timestep_sampling.ipynb" else 0
+
+    monkeypatch.setattr(demo.subprocess, "call", fake_papermill)
+    spec, sweep = tmp_path / "demo.yaml", tmp_path / "sweep"
+    spec.write_text("name: demo\n")
+    (sweep / "runs" / "abc").mkdir(parents=True)
+    (sweep / "runs" / "abc" / "DONE").write_text("")
+    os.utime(spec, (1, 1))
+    os.utime(sweep / "runs" / "abc" / "DONE", (1, 1))
+    written = demo.execute_ablation_notebooks(spec, sweep, ROOT)
+    assert [p.name for p in written] == list(demo.ABLATION_NOTEBOOKS.values()) == calls
+    calls.clear()
+    demo.execute_ablation_notebooks(spec, sweep, ROOT)
+    assert calls == ["03_timestep_sampling.ipynb"]  # the failed one is kept but stale
+    calls.clear()
+    (sweep / "runs" / "abc" / "DONE").touch()  # a run finished after the notebooks: all stale
+    demo.execute_ablation_notebooks(spec, sweep, ROOT)
+    assert len(calls) == 4
+
+
 def test_unfinished_runs_are_listed_not_fatal(tmp_path, benchmark):
     sweep = make_sweep(tmp_path / "sweep", benchmark, notebooks=False, wandb=False, ablations=("id_extractor",))
     index = json.loads((sweep / "sweep.json").read_text())
