@@ -199,6 +199,8 @@ class AnyDoorPipeline(DiffusionPipeline):
             num_inference_steps, guidance_scale, callback_on_step_end_tensor_inputs, sequential_guidance,
             batched_detail_features, detail_chunk_size,
         )
+        if not isinstance(shape_control, (bool, np.bool_)):  # checked first: the loop below reads it as a bool
+            raise TypeError(f"shape_control must be a bool, got {shape_control!r}")
         for i, (mask, box) in enumerate(zip(scene_masks, scene_boxes)):
             if (mask is None) == (box is None):
                 raise ValueError(
@@ -207,8 +209,6 @@ class AnyDoorPipeline(DiffusionPipeline):
                 )
             if shape_control and mask is None:
                 raise ValueError(f"pair {i}: shape_control=True needs a scene_mask (the silhouette), got a scene_box")
-        if not isinstance(shape_control, bool):
-            raise TypeError(f"shape_control must be a bool, got {shape_control!r}")
         if not isinstance(num_images_per_prompt, (int, np.integer)) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}")
         total = len(object_images) * num_images_per_prompt
