@@ -6,7 +6,14 @@ import shutil
 import pytest
 import torch
 
-from anydoor.training.vae import META_FILE, VAETrainSettings, cache_key, ensure_tiny_vae, train_vae
+from anydoor.training.vae import (
+    META_FILE,
+    VAETrainSettings,
+    cache_key,
+    ensure_tiny_vae,
+    reconstruction_loss,
+    train_vae,
+)
 
 # A short run at 32 px; the default recipe (1000 steps at 64 px) is measured by benchmarks/bench_training.py.
 FAST = dict(steps=40, batch_size=4, image_size=32, patch_size=16, learning_rate=2e-3, progress=False)
@@ -85,6 +92,7 @@ def test_training_is_deterministic(data, trained, tmp_path):
         (dict(image_size=30), ValueError, "multiple of 4"),
         (dict(patch_size=64), ValueError, "must not exceed image_size"),
         (dict(kl_weight=-1.0), ValueError, "kl_weight"),
+        (dict(chroma_weight=-0.5), ValueError, "chroma_weight must be >= 0, got -0.5"),
     ],
 )
 def test_bad_settings(data, tmp_path, kwargs, error, message):
@@ -98,3 +106,14 @@ def test_bad_data_dir(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds 0 training images"):
         train_vae(tmp_path / "empty", tmp_path / "out", **FAST)
+
+
+def test_reconstruction_loss_weights_only_the_chroma_part_of_the_error():
+    target = torch.zeros(2, 3, 1, 2)
+    recon = target.clone()
+    recon[0, :, 0, 0] = 0.1  # a grey (brightness) error: no chroma part
+    recon[1, 0, 0, 1] = 0.3  # a red error: chroma part (0.2, -0.1, -0.1)
+    plain = torch.tensor([3 * 0.1**2, 0.3**2])
+    chroma = torch.tensor([0.0, 0.2**2 + 2 * 0.1**2])
+    for weight in (0.0, 3.0):
+        torch.testing.assert_close(reconstruction_loss(recon, target, weight), plain + weight * chroma)

@@ -55,6 +55,7 @@ RADIUS_ONE_OBJECT = (0.16, 0.28)
 # Two objects each keep to one half of the frame, so their masks never overlap.
 RADIUS_TWO_OBJECTS = (0.16, 0.22)
 TWO_OBJECT_PROB = 0.3  # share of videos with a second object (id 2)
+BENCHMARK_TURN = (30.0, 150.0)  # degrees between a benchmark reference and its target, either way
 # Limits write_synthetic_dataset checks every rendered mask against (brief of issue 2).
 AREA_RATIO_LIMITS = (0.02, 0.5)
 MIN_BOX_RATIO = 0.15
@@ -526,7 +527,7 @@ def _write_benchmark(root: Path, seeds, size: int, registry: _ObjectRegistry) ->
 
         def reference_pose(g: np.random.Generator) -> list[Pose]:
             # Another pose: turned by 30..150 degrees either way, elsewhere, other lighting.
-            turn = g.uniform(30.0, 150.0) * (1 if g.random() < 0.5 else -1)
+            turn = g.uniform(*BENCHMARK_TURN) * (1 if g.random() < 0.5 else -1)
             return [replace(_sample_pose(g, size), angle=target_pose.angle + turn)]
 
         _, [(ref_rgb, ref_mask)] = _render_checked(rng, size, obj, reference_pose, f"benchmark {pair_id} reference")
