@@ -18,8 +18,8 @@ import pandas as pd
 
 from eval.sweeps import DONE, folder_lock, training_key
 
-# Parameters that only change evaluation: arms differing only in these share
-# one trained model (e.g. the full method at guidance 5.0 and 1.0).
+# Parameters that only change evaluation (e.g. the full method at guidance 5.0
+# and 1.0 share one trained model; see TRAINING_INPUTS).
 EVAL_ONLY = (
     "seeds", "num_inference_steps", "guidance_scale", "shape_control", "random_backbones", "benchmark", "eval_batch_size",
 )
@@ -48,6 +48,18 @@ TRAIN_KEYS = {
     "learning_rate": "learning_rate",
     "train_seed": "seed",
 }
+
+
+# What a trained model depends on: the training config file and the parameters
+# that override it. Arms agreeing on these share one trained model; the rest
+# (evaluation parameters, EVAL_ONLY, and the run's identity: run_dir, run_id,
+# tags, sweep_name, sweep_dir, wandb_project) never trigger a training of their own.
+TRAINING_INPUTS = ("train_config", *TRAIN_KEYS)
+
+
+def trained_model_key(params: dict) -> str:
+    """The key of the arm's trained model in a sweep (``<sweep_dir>/trained/<key>``)."""
+    return training_key(params, TRAINING_INPUTS)
 
 
 def collect_params(namespace: dict) -> dict:
@@ -91,7 +103,7 @@ def train_arm(params: dict, run_dir: str | PathLike, sweep_dir: str | PathLike |
         return folder
     run_dir = Path(run_dir)
     if sweep_dir:
-        train_dir = Path(sweep_dir) / "trained" / training_key(params, EVAL_ONLY)
+        train_dir = Path(sweep_dir) / "trained" / trained_model_key(params)
         link = run_dir / "checkpoint"
         if not link.exists():
             link.symlink_to(os.path.relpath(train_dir, run_dir))

@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -167,9 +167,10 @@ def run_id(params: dict) -> str:
     return hashlib.sha256(canonical(params).encode()).hexdigest()[:10]
 
 
-def training_key(params: dict, eval_only: tuple[str, ...]) -> str:
-    """Runs that differ only in evaluation parameters share one trained model."""
-    return run_id({k: v for k, v in params.items() if k not in eval_only})
+def training_key(params: dict, training_inputs: Iterable[str]) -> str:
+    """Stable id of the parameters named in `training_inputs` (those present):
+    runs that agree on them, whatever else differs, share one trained model."""
+    return run_id({k: params[k] for k in training_inputs if k in params})
 
 
 @dataclass

@@ -211,3 +211,53 @@ def test_wandb_sweep_config_lists_every_run(tiny_project, tmp_path):
     config = wandb_sweep_config(spec, tmp_path / "sweep")
     assert config["method"] == "grid"
     assert sorted(config["parameters"]["run-id"]["values"]) == sorted(r.run_id for r in SweepSpec.load(spec).expand())
+
+
+def _notebook_params(**changes) -> dict:
+    """A run's parameters as `train_evaluate.ipynb` collects them (every ARM_PARAMETER_NAMES entry)."""
+    from eval.arm import ARM_PARAMETER_NAMES, collect_params
+
+    namespace = {name: "" for name in ARM_PARAMETER_NAMES}
+    namespace.update(
+        run_dir="runs/aaaa", run_id="aaaa", sweep_name="demo", sweep_dir="outputs/sweeps/demo", tags=["detail_map"],
+        train_config="configs/train_tiny.yaml", preset="tiny", id_extractor="dinov2", remove_background=True,
+        detail_map="hf", timestep_sampler="ats", conditioning_dropout=0.0, max_steps=0, batch_size=2,
+        learning_rate=1e-3, train_seed=0, seeds=[0, 1], num_inference_steps=50, guidance_scale=5.0,
+        shape_control=False, random_backbones=True, eval_batch_size=8, wandb_project="anydoor",
+    )
+    namespace.update(changes)
+    return collect_params(namespace)
+
+
+def test_runs_differing_in_evaluation_or_identity_share_one_trained_model():
+    from eval.arm import trained_model_key
+
+    full = _notebook_params()
+    # The demo's full method at guidance 1.0: another run id, folder and tags, the same training.
+    guidance_1 = _notebook_params(run_dir="runs/bbbb", run_id="bbbb", tags=["reference_rows"], guidance_scale=1.0,
+                                  seeds=[0], num_inference_steps=10, shape_control=True, wandb_project="other")
+    assert trained_model_key(full) == trained_model_key(guidance_1)
+    for change in (dict(max_steps=10), dict(detail_map="rgb"), dict(train_seed=1), dict(train_config="other.yaml"),
+                   dict(conditioning_dropout=0.1), dict(learning_rate=2e-3)):
+        assert trained_model_key(_notebook_params(**change)) != trained_model_key(full), change
+
+
+def test_train_arm_trains_a_shared_model_once(tiny_project, tmp_path):
+    from eval.arm import train_arm
+
+    _, _, train_config = tiny_project
+    sweep_dir = tmp_path / "sweep"
+    folders = []
+    for rid, guidance in (("aaaa", 5.0), ("bbbb", 1.0)):
+        run_dir = sweep_dir / "runs" / rid
+        run_dir.mkdir(parents=True)
+        params = _notebook_params(run_dir=str(run_dir), run_id=rid, sweep_dir=str(sweep_dir),
+                                  train_config=str(train_config), guidance_scale=guidance)
+        folders.append(train_arm(params, run_dir, sweep_dir))
+        if rid == "aaaa":
+            first_written = (folders[0] / "model_index.json").stat().st_mtime_ns
+    assert folders[0] == folders[1]
+    assert (folders[0] / "model_index.json").stat().st_mtime_ns == first_written  # not trained again
+    assert len(list((sweep_dir / "trained").iterdir())) == 1
+    links = {(sweep_dir / "runs" / rid / "checkpoint").resolve() for rid in ("aaaa", "bbbb")}
+    assert links == {folders[0].parent.resolve()}
