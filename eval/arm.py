@@ -16,13 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from eval.sweeps import DONE, folder_lock, training_key
-
-# Parameters that only change evaluation (e.g. the full method at guidance 5.0
-# and 1.0 share one trained model; see TRAINING_INPUTS).
-EVAL_ONLY = (
-    "seeds", "num_inference_steps", "guidance_scale", "shape_control", "random_backbones", "benchmark", "eval_batch_size",
-)
+from eval.sweeps import DONE, folder_lock, run_id
 
 # The parameters of notebooks/train_evaluate.ipynb (its `parameters` cell
 # documents each); `collect_params` picks them from the notebook's globals.
@@ -51,15 +45,16 @@ TRAIN_KEYS = {
 
 
 # What a trained model depends on: the training config file and the parameters
-# that override it. Arms agreeing on these share one trained model; the rest
-# (evaluation parameters, EVAL_ONLY, and the run's identity: run_dir, run_id,
-# tags, sweep_name, sweep_dir, wandb_project) never trigger a training of their own.
+# that override it. Arms agreeing on these share one trained model (e.g. the
+# full method at guidance 5.0 and 1.0); the rest (evaluation parameters and the
+# run's identity: run_dir, run_id, tags, sweep_name, sweep_dir, wandb_project)
+# never trigger a training of their own.
 TRAINING_INPUTS = ("train_config", *TRAIN_KEYS)
 
 
 def trained_model_key(params: dict) -> str:
     """The key of the arm's trained model in a sweep (``<sweep_dir>/trained/<key>``)."""
-    return training_key(params, TRAINING_INPUTS)
+    return run_id({k: params[k] for k in TRAINING_INPUTS if k in params})
 
 
 def collect_params(namespace: dict) -> dict:

@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -165,12 +165,6 @@ def canonical(params: dict) -> str:
 def run_id(params: dict) -> str:
     """Short, stable id of a parameter set (same parameters, same id; any change, a new id)."""
     return hashlib.sha256(canonical(params).encode()).hexdigest()[:10]
-
-
-def training_key(params: dict, training_inputs: Iterable[str]) -> str:
-    """Stable id of the parameters named in `training_inputs` (those present):
-    runs that agree on them, whatever else differs, share one trained model."""
-    return run_id({k: params[k] for k in training_inputs if k in params})
 
 
 @dataclass
