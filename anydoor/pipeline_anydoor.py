@@ -32,7 +32,7 @@ from anydoor.models.denoiser import detail_residuals, detail_residuals_for_times
 # Imported (not only type hints): diffusers' loader resolves a saved pipeline's
 # `id_extractor` entry from this module, which must already be imported.
 from anydoor.models.id_extractors import CLIPIDExtractor, DINOv2IDExtractor
-from anydoor.presets import PREDICTION_TYPES
+from anydoor.presets import check_prediction_type
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 RANDOM_DETAIL_MAPS = ("noise", "shuffle")
@@ -156,9 +156,7 @@ class AnyDoorPipeline(DiffusionPipeline):
             raise ValueError(f"detail_map={detail_map!r} is not one of {', '.join(DETAIL_MAP_NAMES)}")
         if prediction_type is None:  # pipelines saved before the key existed: the scheduler says it
             prediction_type = getattr(scheduler.config, "prediction_type", "epsilon")
-        if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type={prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
-        _check_scheduler_prediction(scheduler, prediction_type)
+        _check_scheduler_prediction(scheduler, check_prediction_type(prediction_type))
         self.register_modules(
             vae=vae, unet=unet, controlnet=controlnet, id_extractor=id_extractor, scheduler=scheduler
         )

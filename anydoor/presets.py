@@ -107,9 +107,10 @@ def tiny_clip_vision_config() -> dict:
     return dict(image_size=ID_IMAGE_SIZE, layers=2, width=64, head_width=64, patch_size=14)
 
 
-def _check_prediction_type(prediction_type: str) -> str:
+def check_prediction_type(prediction_type: str) -> str:
+    """`prediction_type` if it is one of `PREDICTION_TYPES`, else a ValueError naming it."""
     if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+        raise ValueError(f"prediction_type={prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
     return prediction_type
 
 
@@ -124,14 +125,14 @@ def sampling_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
         set_alpha_to_one=False,
         steps_offset=1,
         timestep_spacing="leading",
-        prediction_type=_check_prediction_type(prediction_type),
+        prediction_type=check_prediction_type(prediction_type),
     )
 
 
 def training_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
     """SD2.1's forward process for training; the loss target follows
     ``prediction_type`` (epsilon, or v for the tiny preset)."""
-    return DDPMScheduler(**_SD21_SCHEDULE, clip_sample=False, prediction_type=_check_prediction_type(prediction_type))
+    return DDPMScheduler(**_SD21_SCHEDULE, clip_sample=False, prediction_type=check_prediction_type(prediction_type))
 
 
 def prediction_target(

@@ -42,25 +42,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from anydoor.data.datasets import BenchmarkSet  # noqa: E402
-from anydoor.data.pairs import PairConfig, paste_back, prepare_inference_inputs  # noqa: E402
+from anydoor.data.pairs import PairConfig, crop_as_generated, paste_back, prepare_inference_inputs  # noqa: E402
 from anydoor.presets import TINY_IMAGE_SIZE  # noqa: E402
 from eval.crops import copy_paste  # noqa: E402
-from eval.metrics import masked_psnr, masked_ssim  # noqa: E402
+from eval.metrics import image_to_tensor, masked_psnr, masked_ssim  # noqa: E402
 from eval.stats import summarize  # noqa: E402
 
 BLUR_SIGMAS = (1.5, 3.0)
 TURN_STEP_DEG = 5
 
 
-def _tensor(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()[None] / 255.0
-
-
 def _score(composite: np.ndarray, target: np.ndarray, mask: np.ndarray) -> dict:
     m = torch.from_numpy(mask)[None]
     return {
-        "psnr_mask": float(masked_psnr(_tensor(composite), _tensor(target), m)[0]),
-        "ssim_mask": float(masked_ssim(_tensor(composite), _tensor(target), m)[0]),
+        "psnr_mask": float(masked_psnr(image_to_tensor(composite), image_to_tensor(target), m)[0]),
+        "ssim_mask": float(masked_ssim(image_to_tensor(composite), image_to_tensor(target), m)[0]),
     }
 
 
@@ -90,17 +86,11 @@ def _best_turn(item: dict, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def _target_crop(item: dict, config: PairConfig):
-    """The true target's crop in the pipeline's geometry, padded square and resized to S: (uint8 SxSx3, PasteInfo)."""
+    """The true target's crop in the pipeline's geometry: (uint8 SxSx3, PasteInfo)."""
     sample = prepare_inference_inputs(
         item["object_image"], item["object_mask"], item["scene_image"], scene_mask=item["scene_mask"], config=config
     )
-    paste = sample.paste
-    x0, y0, x1, y1 = paste.crop_box
-    crop = item["target_image"][y0:y1, x0:x1]
-    square = np.zeros((paste.padded_side, paste.padded_side, 3), np.uint8)
-    top, left = paste.pad
-    square[top : top + crop.shape[0], left : left + crop.shape[1]] = crop
-    return cv2.resize(square, (config.image_size, config.image_size), interpolation=cv2.INTER_LINEAR), paste
+    return crop_as_generated(item["target_image"], sample.paste, config.image_size), sample.paste
 
 
 @torch.no_grad()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
@@ -91,6 +92,13 @@ def _check_pair(preds, target, mask=None) -> tuple[torch.Tensor, torch.Tensor, t
 
 
 # --------------------------------------------------------------------------- pure functions
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """An HxWx3 uint8 image as the metrics' input: a (1, 3, H, W) float32 tensor in [0, 1]."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be an HxWx3 uint8 array, got {getattr(image, 'dtype', type(image).__name__)} {getattr(image, 'shape', '')}")
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()[None] / 255.0
 
 
 def embed_similarity(generated: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from anydoor.data.datasets import BenchmarkSet
 from eval.backbones import ImageEmbedder, MetricBackbones, load_backbones
 from eval.crops import copy_paste, generated_region, reference_region, square_tensor
-from eval.metrics import diversity, embed_similarity, masked_psnr, masked_ssim
+from eval.metrics import diversity, embed_similarity, image_to_tensor, masked_psnr, masked_ssim
 from eval.stats import stable_seed
 
 # The non-learned baselines: (pair item) -> composite.
@@ -99,10 +99,6 @@ def _reference_key(item: dict) -> str:
     return digest.hexdigest()
 
 
-def _to_tensor(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()[None] / 255.0
-
-
 class _Metrics:
     """Per-row metrics with the backbones loaded once and each reference embedded once."""
 
@@ -133,12 +129,12 @@ class _Metrics:
         for n, (item, composite) in enumerate(zip(items, composites)):
             psnr = ssim = float("nan")
             if item["target_image"] is not None and item["target_mask"] is not None:
-                pred, target = _to_tensor(composite), _to_tensor(item["target_image"])
+                pred, target = image_to_tensor(composite), image_to_tensor(item["target_image"])
                 mask = torch.from_numpy(item["target_mask"])[None]
                 psnr = float(masked_psnr(pred, target, mask)[0])
                 ssim = float(masked_ssim(pred, target, mask)[0])
             rows.append({"clip_i": float(clip_i[n]), "dino_i": float(dino_i[n]), "psnr_mask": psnr, "ssim_mask": ssim})
-            boxes.append(_to_tensor(generated_region(composite, item["scene_mask"], remove_background=False))[0])
+            boxes.append(image_to_tensor(generated_region(composite, item["scene_mask"], remove_background=False))[0])
         return rows, boxes
 
 

@@ -24,6 +24,7 @@ from eval.metrics import (
     MaskedPSNR,
     diversity,
     embed_similarity,
+    image_to_tensor,
     masked_psnr,
     masked_ssim,
     metric_label,
@@ -51,6 +52,19 @@ def test_metric_label_only_calls_calibrated_numbers_clip_i():
 
 
 # --------------------------------------------------------------------------- similarity
+
+
+def test_image_to_tensor_layout_range_and_errors():
+    image = np.zeros((2, 3, 3), np.uint8)
+    image[1, 2] = (255, 0, 51)
+    x = image_to_tensor(image)
+    assert x.shape == (1, 3, 2, 3) and x.dtype == torch.float32
+    assert x[0, :, 1, 2].tolist() == pytest.approx([1.0, 0.0, 0.2])
+    assert float(x.sum()) == pytest.approx(1.2)
+    with pytest.raises(ValueError, match="HxWx3 uint8 array, got float32"):
+        image_to_tensor(image.astype(np.float32))
+    with pytest.raises(ValueError, match=r"got uint8 \(2, 3\)"):
+        image_to_tensor(image[..., 0])
 
 
 def test_embed_similarity_hand_computed():

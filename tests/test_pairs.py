@@ -12,6 +12,7 @@ from anydoor.data.pairs import (
     PairConfig,
     PairRejected,
     collate_samples,
+    crop_as_generated,
     paste_back,
     prepare_inference_inputs,
     prepare_training_pair,
@@ -426,6 +427,24 @@ def test_paste_back_writes_only_the_crop_interior(scene_box):
     # float [0, 1] and torch CHW give the same result as uint8
     as_float = torch.from_numpy(generated.astype(np.float32) / 255).permute(2, 0, 1)
     np.testing.assert_array_equal(paste_back(as_float, scene, sample.paste), out)
+
+
+def test_crop_as_generated_is_what_paste_back_puts_back():
+    scene, target = _scene(), _texture(200, 300, seed=4)
+    sample = prepare_inference_inputs(*_object(), scene, scene_box=(0, 150, 30, 200), config=PairConfig(image_size=78))
+    side = sample.paste.padded_side
+    crop = crop_as_generated(target, sample.paste, side)  # no resizing: exact
+    assert crop.shape == (side, side, 3) and crop.dtype == np.uint8
+    x0, y0, x1, y1 = sample.paste.crop_box
+    (top, left), (h, w) = sample.paste.pad, sample.paste.crop_hw
+    np.testing.assert_array_equal(crop[top : top + h, left : left + w], target[y0:y1, x0:x1])
+    assert not crop[:top].any() and not crop[top + h :].any()  # zero padding
+    out = paste_back(crop, scene, sample.paste)
+    m = sample.paste.margin
+    np.testing.assert_array_equal(out[y0 + m : y1 - m, x0 + m : x1 - m], target[y0 + m : y1 - m, x0 + m : x1 - m])
+    assert crop_as_generated(target, sample.paste, 64).shape == (64, 64, 3)
+    with pytest.raises(ValueError, match=r"image is \(100, 300\) \(H, W\) but the paste info is for a scene of \(200, 300\)"):
+        crop_as_generated(target[:100], sample.paste, 64)
 
 
 def test_paste_back_errors():

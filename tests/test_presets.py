@@ -141,7 +141,7 @@ def test_prediction_target_is_eps_or_v_by_hand():
     abar = training_scheduler().alphas_cumprod[981]
     v = prediction_target(training_scheduler("v_prediction"), latents, noise, t)
     assert v.item() == pytest.approx((abar.sqrt() * -1.0 - (1 - abar).sqrt() * 2.0).item(), rel=1e-6)
-    with pytest.raises(ValueError, match="prediction_type must be one of .* got 'sample'"):
+    with pytest.raises(ValueError, match="prediction_type='sample' is not one of epsilon, v_prediction"):
         training_scheduler("sample")
 
 

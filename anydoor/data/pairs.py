@@ -427,6 +427,17 @@ def prepare_inference_inputs(
     )
 
 
+def crop_as_generated(image, paste: PasteInfo, side: int) -> np.ndarray:
+    """`image`'s crop in the geometry the model generates (the crop of `paste`,
+    padded square with 0 and resized to `side`): what `paste_back` would put
+    back for a perfect sample, e.g. the true target's crop (uint8 side x side x 3)."""
+    image = as_rgb_uint8(image, "image")
+    if image.shape[:2] != tuple(paste.scene_hw):
+        raise ValueError(f"image is {image.shape[:2]} (H, W) but the paste info is for a scene of {tuple(paste.scene_hw)}")
+    x0, y0, x1, y1 = paste.crop_box
+    return _square_resized(image[y0:y1, x0:x1], 0, side, cv2.INTER_LINEAR)
+
+
 def paste_back(generated_crop, scene_image, paste: PasteInfo) -> np.ndarray:
     """Put a generated SxS crop back into the scene; returns a scene-sized uint8 HxWx3 image.
 
