@@ -78,7 +78,7 @@ class SyntheticObject:
     object_id: int
     shape: str
     texture: str
-    palette: tuple[tuple[int, int, int], ...]  # texture colours, then the marker colour
+    palette: tuple[tuple[int, int, int], ...]  # body colour, its shades, then the marker colour
     seed: tuple[int, ...]  # spawn key of the SeedSequence the identity was drawn from
     rgb: np.ndarray = field(repr=False)  # (R, R, 3) float32 in [0, 1]
     alpha: np.ndarray = field(repr=False)  # (R, R) float32 in {0, 1}
@@ -123,14 +123,27 @@ def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
 
 
 def _object_palette(rng: np.random.Generator, n: int) -> tuple[tuple[int, int, int], ...]:
-    """n saturated texture colours far apart in hue, alternating light/dark, plus a marker colour."""
-    h = rng.random()
-    colours = []
-    for i in range(n):
-        value = rng.uniform(0.8, 1.0) if i % 2 == 0 else rng.uniform(0.3, 0.6)
-        colours.append(_hsv(h, rng.uniform(0.55, 1.0), value))
-        h += rng.uniform(0.25, 0.75)
-    colours.append(_hsv(h, 1.0, 1.0))
+    """A body colour, n - 1 darker or lighter shades of its hue for the texture, and a marker colour.
+
+    Like most real objects (a red mug, a yellow toy), each object is one
+    colour family with a pattern in its shades and one small detail of
+    another hue (the marker). The pattern stays visible to the high-frequency
+    map: shades differ from the body by 0.2-0.35 in value (50-90 levels, a
+    Sobel response far above its threshold of 50). An earlier palette drew
+    the texture colours far apart in hue, alternating light and dark; their
+    mean was a grey that no pixel had, so where the inputs do not fix the
+    target's pose, a sharp object in the wrong pose scored like pasting the
+    reference, which an untrained model's grey texture beat on PSNR
+    (docs/ARCHITECTURE.md, "What the ground-truth metrics can say").
+    """
+    h, s, v = rng.random(), rng.uniform(0.55, 0.95), rng.uniform(0.6, 0.95)
+    colours = [_hsv(h, s, v)]
+    for i in range(1, n):
+        step = rng.uniform(0.2, 0.35)
+        # The first shade is darker; the second lighter on a darker body, else darker too.
+        lighter = i % 2 == 0 and v < 0.7
+        colours.append(_hsv(h + rng.uniform(-0.04, 0.04), s, float(np.clip(v + (step if lighter else -step), 0.2, 1.0))))
+    colours.append(_hsv(h + rng.uniform(0.35, 0.65), 1.0, 1.0))
     return tuple(colours)
 
 
