@@ -132,8 +132,10 @@ def load_ablation(sweep_dir: str | PathLike, name: str, with_baselines: bool = T
     if with_reference_rows and name != REFERENCE_ROWS and REFERENCE_ROWS in index["ablations"]:
         rows = index["ablations"][REFERENCE_ROWS]
         ours = {rid for rids in spec["arms"].values() for rid in rids}
+        # Every row whose runs are not this ablation's own (the full method's are: it is each
+        # ablation's reference), whether or not it is the reference of the reference rows.
         for arm, rids in rows["arms"].items():
-            if arm != rows.get("reference") and not set(rids) & ours and add(arm, rids):
+            if not set(rids) & ours and add(arm, rids):
                 reference_arms.append(arm)
     baseline_arms: list[str] = []
     if with_baselines and frames:

@@ -312,3 +312,25 @@ def test_unfinished_runs_are_listed_not_fatal(tmp_path, benchmark):
     assert "The reference arm 'dinov2' has not finished: no paired differences." in md
     assert "| clip | arm | 20 |" in md and "Paired differences" not in md
     assert "1 of 2 done" in md
+
+
+def test_every_reference_row_not_run_by_an_ablation_stands_beside_it(tmp_path, benchmark):
+    """The reference rows' own reference (here the full method without guidance, a run of its
+    own) is shown beside every ablation like the untrained model; the full method at the
+    released guidance is each ablation's own reference run and is not repeated."""
+    from eval.ablation import load_ablation
+
+    rows = {"description": "Does the full method learn?", "reference": "full-guidance-1",
+            "arms": {"untrained": {"max_steps": 0}, "full-guidance-1": {"guidance_scale": 1.0}, "full": {}}}
+    PLANTED["full-guidance-1"] = "full"
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setitem(ABLATIONS, "reference_rows", rows)
+            sweep = make_sweep(tmp_path / "sweep", benchmark, notebooks=False, wandb=False)
+    finally:
+        del PLANTED["full-guidance-1"]
+    detail = load_ablation(sweep, "detail_map")
+    assert sorted(detail.reference_arms) == ["full-guidance-1", "untrained"]
+    assert set(detail.results["arm"]) == {"none", "hf", "untrained", "full-guidance-1", "scene", "copy_paste"}
+    assert load_ablation(sweep, "reference_rows").reference_arms == []
+    assert "full-guidance-1 vs untrained: PSNR beats" in summary_text(sweep)
