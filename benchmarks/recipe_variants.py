@@ -176,10 +176,7 @@ def run_variant(name: str, out: Path, benchmark: Path, seeds: list[int], copy_pa
     with contextlib.ExitStack() as stack:
         for patch in source.patches:
             stack.enter_context(patch())
-        if variant.model:
-            pipeline_dir, train_s = _train(variant.model, source, out)
-        else:
-            pipeline_dir, train_s = _train(name, variant, out)
+        pipeline_dir, train_s = _train(variant.model or name, source, out)
         pipe = load_arm_pipeline(pipeline_dir)
         if variant.control_scale is not None:
             pipe.register_to_config(control_scale=float(variant.control_scale))
@@ -208,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--benchmark", type=Path, default=ROOT / "data/synthetic/benchmark")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     args = parser.parse_args(argv)
+    args.out, args.benchmark = args.out.resolve(), args.benchmark.resolve()  # before the chdir below
     if args.list or not args.variants:
         for name, variant in VARIANTS.items():
             print(f"{name:30s} {variant.description}")
