@@ -17,7 +17,7 @@ JSON line to ``OUT/results.jsonl`` and writes its per-(pair, seed) rows to
 
 Some variants are departures that the library deliberately does not offer
 (per-group learning rates, a non-zero-initialised hint embedding, zero terminal
-SNR). They are applied here as `unittest.mock` patches of the library for the
+SNR, a shared warm start of the UNet and detail extractor). They are applied here as `unittest.mock` patches of the library for the
 variant's training *and* evaluation, and undone afterwards; nothing here changes
 what `anydoor train` does.
 """
@@ -109,6 +109,75 @@ def zero_terminal_snr() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def x0_at_step(k: int) -> Iterator[None]:
+    """A diagnostic sampler, not a method: DDIM runs as usual up to step `k`, then
+    returns the x0 the model predicted there (k = 0: its estimate of the
+    posterior mean from pure noise, the minimum-MSE answer a sampler trades for
+    a sample)."""
+    from diffusers import DDIMScheduler
+
+    real_set, real_step = DDIMScheduler.set_timesteps, DDIMScheduler.step
+    state: dict[int, list] = {}  # id(scheduler) -> [steps taken, x0 predicted at step k]
+
+    def set_timesteps(self, *args, **kwargs):
+        state[id(self)] = [0, None]
+        return real_set(self, *args, **kwargs)
+
+    def step(self, model_output, timestep, sample, *args, **kwargs):
+        out = real_step(self, model_output, timestep, sample, *args, **kwargs)
+        counter = state.setdefault(id(self), [0, None])
+        i, counter[0] = counter[0], counter[0] + 1
+        if i == k:
+            counter[1] = out[1] if isinstance(out, tuple) else out.pred_original_sample
+        if i < k:
+            return out
+        x0 = counter[1]
+        return (x0, x0) if isinstance(out, tuple) else type(out)(prev_sample=x0, pred_original_sample=x0)
+
+    with mock.patch.object(DDIMScheduler, "set_timesteps", set_timesteps), \
+            mock.patch.object(DDIMScheduler, "step", step):
+        yield
+
+
+# The warm start's recipe: `configs/train_tiny.yaml` with nothing of the reference
+# (every sample gets the zero-image tokens, the sampler's unconditional input),
+# the "none" collage (black in the box) and uniform timesteps, so that no arm of
+# the ID-extractor, detail-map or timestep ablations is what it learned.
+WARM_START_OVERRIDES = ("cond_dropout=1.0", "model.detail_map=none", "timestep_sampler=uniform")
+
+
+@contextlib.contextmanager
+def start_from(pipeline_dir: Path) -> Iterator[None]:
+    """Start training from `pipeline_dir`'s UNet and detail extractor (the ID
+    extractor, its projector and the VAE stay the config's)."""
+    from anydoor.pipeline_anydoor import AnyDoorPipeline
+
+    real = loop._build_components
+    warm = AnyDoorPipeline.from_pretrained(pipeline_dir)
+
+    def build(config):
+        components = real(config)
+        for name in ("unet", "controlnet"):
+            components[name].load_state_dict(getattr(warm, name).state_dict())
+        return components
+
+    with mock.patch.object(loop, "_build_components", build):
+        yield
+
+
+def warm_start(steps: int, out: Path) -> Path:
+    """The warm start's pipeline folder (`WARM_START_OVERRIDES`, `steps` steps from
+    the base UNet), trained into ``out/shared-warm-start-<steps>`` (not a variant's
+    folder name) or reused."""
+    folder = out / f"shared-warm-start-{steps}"
+    if not (folder / "pipeline" / "model_index.json").exists():
+        overrides = [f'output_dir="{folder}"', "wandb_project=null", "sample_every=0", f"max_steps={steps}",
+                     *WARM_START_OVERRIDES]
+        train(load_config(str(ROOT / "configs/train_tiny.yaml"), overrides), resume="auto")
+    return folder / "pipeline"
+
+
 # --------------------------------------------------------------------------- variants
 @dataclass(frozen=True)
 class Variant:
@@ -117,8 +186,10 @@ class Variant:
     patches: tuple[Callable[[], contextlib.AbstractContextManager], ...] = ()
     model: str | None = None  # train nothing: evaluate this variant's model
     sampling: dict = field(default_factory=dict)  # evaluate() overrides
+    sampling_patches: tuple[Callable[[], contextlib.AbstractContextManager], ...] = ()  # at evaluation only
     control_scale: float | None = None
     own_base_unet: bool = False  # pretrain the base UNet under the variant's patches too
+    warm_start_steps: int = 0  # > 0: start from a shared warm start of this many steps (`warm_start`)
 
 
 VARIANTS: dict[str, Variant] = {
@@ -128,6 +199,9 @@ VARIANTS: dict[str, Variant] = {
     "steps-900": Variant("900 steps (3x)", ("max_steps=900",)),
     "steps-1500": Variant("1500 steps (5x)", ("max_steps=1500",)),
     "lr-2e-3": Variant("lr 2e-3", ("learning_rate=0.002",)),
+    "ema": Variant("EMA of the trained weights (diffusers' EMAModel, warm-up decay (1+t)/(10+t))", ("ema=true",)),
+    "cosine": Variant("cosine lr decay to 0 over the 300 steps", ("lr_scheduler=cosine",)),
+    "ema+cosine": Variant("EMA and cosine lr decay", ("ema=true", "lr_scheduler=cosine")),
     "zero-conv-lr-x10": Variant("zero convolutions' lr x10", patches=(lambda: lr_multiplier(ZERO_CONV_PREFIXES, 10.0),)),
     "detail-extractor-lr-x3": Variant(
         "whole detail extractor's lr x3", patches=(lambda: lr_multiplier(DETAIL_EXTRACTOR_PREFIXES, 3.0),)
@@ -155,6 +229,25 @@ VARIANTS: dict[str, Variant] = {
     "shape-control": Variant(
         "demo's model, the mask channel is the target's silhouette", model="demo", sampling={"shape_control": True}
     ),
+    "x0-step-0": Variant(
+        "diagnostic: the demo model's x0 predicted at the first DDIM step (its posterior-mean estimate)",
+        model="demo", sampling_patches=(lambda: x0_at_step(0),),
+    ),
+    "x0-step-10": Variant("diagnostic: the same at step 10 of 50", model="demo", sampling_patches=(lambda: x0_at_step(10),)),
+    "x0-step-30": Variant("diagnostic: the same at step 30 of 50", model="demo", sampling_patches=(lambda: x0_at_step(30),)),
+    "warm-start-600": Variant(
+        "UNet and detail extractor from a 600-step warm start without the reference (WARM_START_OVERRIDES)",
+        warm_start_steps=600,
+    ),
+    "warm-start-2000": Variant("the same from a 2000-step warm start", warm_start_steps=2000),
+    "warm-start-2000-rgb": Variant(
+        "the 2000-step warm start, the reference's pixels as the collage (Table 5's 'rgb')",
+        ("model.detail_map=rgb",), warm_start_steps=2000,
+    ),
+    "warm-start-2000-shape-control": Variant(
+        "warm-start-2000's model, the mask channel is the target's silhouette", model="warm-start-2000",
+        sampling={"shape_control": True},
+    ),
 }
 
 
@@ -166,7 +259,10 @@ def _train(name: str, variant: Variant, out: Path) -> tuple[Path, float]:
         overrides.append(f'model.base_unet="{base}"')
     start = time.perf_counter()
     if not (folder / "pipeline" / "model_index.json").exists():
-        train(load_config(str(ROOT / "configs/train_tiny.yaml"), overrides), resume="auto")
+        with contextlib.ExitStack() as stack:
+            if variant.warm_start_steps:
+                stack.enter_context(start_from(warm_start(variant.warm_start_steps, out)))
+            train(load_config(str(ROOT / "configs/train_tiny.yaml"), overrides), resume="auto")
     return folder / "pipeline", time.perf_counter() - start
 
 
@@ -181,6 +277,8 @@ def run_variant(name: str, out: Path, benchmark: Path, seeds: list[int], copy_pa
         if variant.control_scale is not None:
             pipe.register_to_config(control_scale=float(variant.control_scale))
         sampling = {"num_inference_steps": 50, "guidance_scale": 1.0, **variant.sampling}
+        for patch in variant.sampling_patches:
+            stack.enter_context(patch())
         rows = evaluate(pipe, benchmark, seeds=seeds, arm=name, random_backbones=True, batch_size=8, progress=False,
                         **sampling)
     (out / name).mkdir(parents=True, exist_ok=True)

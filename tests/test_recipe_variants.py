@@ -67,3 +67,68 @@ def test_sampling_variants_name_a_trained_variant():
     for name, variant in recipe_variants.VARIANTS.items():
         if variant.model is not None:
             assert variant.model in recipe_variants.VARIANTS and recipe_variants.VARIANTS[variant.model].model is None, name
+
+
+def test_x0_at_step_returns_that_steps_prediction_and_is_scoped():
+    from diffusers import DDIMScheduler
+
+    generator = torch.Generator().manual_seed(0)
+    start = torch.randn(2, 4, 4, 4, generator=generator)
+    outputs = [torch.randn(2, 4, 4, 4, generator=generator) for _ in range(5)]
+
+    def run() -> torch.Tensor:
+        scheduler = presets.sampling_scheduler("v_prediction")
+        scheduler.set_timesteps(5)
+        latents, predicted = start, []
+        for output, t in zip(outputs, scheduler.timesteps):
+            latents, x0 = scheduler.step(output, t, latents, return_dict=False)
+            predicted.append(x0)
+        return latents, predicted
+
+    real_step = DDIMScheduler.step
+    sample, predicted = run()
+    with recipe_variants.x0_at_step(2):
+        patched, _ = run()
+    torch.testing.assert_close(patched, predicted[2])
+    assert not torch.allclose(predicted[2], sample)
+    real_sample, _ = run()  # undone afterwards
+    torch.testing.assert_close(real_sample, sample)
+    assert DDIMScheduler.step is real_step
+
+
+def test_start_from_loads_the_warm_unet_and_detail_extractor(tmp_path):
+    from anydoor.training.config import load_config
+
+    warm = presets.tiny_pipeline(seed=1)
+    warm.save_pretrained(tmp_path / "warm")
+    config = load_config(str(_PATH.parents[1] / "configs" / "train_tiny.yaml"), ["model.vae=null", "model.base_unet=null"])
+    real_build = loop._build_components
+    with recipe_variants.start_from(tmp_path / "warm"):
+        parts = loop._build_components(config)
+    assert loop._build_components is real_build
+    for name in ("unet", "controlnet"):
+        for key, value in getattr(warm, name).state_dict().items():
+            torch.testing.assert_close(parts[name].state_dict()[key], value, msg=f"{name}.{key}")
+    # The ID extractor (and its projector) stay the config's own, untouched by the warm start.
+    fresh = real_build(config)
+    projector = "projector.weight"
+    torch.testing.assert_close(parts["id_extractor"].state_dict()[projector], fresh["id_extractor"].state_dict()[projector])
+    assert not torch.allclose(warm.id_extractor.state_dict()[projector], fresh["id_extractor"].state_dict()[projector])
+
+
+def test_warm_start_variants_start_from_a_warm_start():
+    warm = {name: v for name, v in recipe_variants.VARIANTS.items() if v.warm_start_steps}
+    assert warm and all(v.warm_start_steps > 0 and v.model is None for v in warm.values())
+    assert "cond_dropout=1.0" in recipe_variants.WARM_START_OVERRIDES
+
+
+def test_shared_warm_start_folders_are_not_variant_folders(tmp_path):
+    # A variant's model lives in OUT/<variant>; a warm start kept there would be taken for that model.
+    for name, variant in recipe_variants.VARIANTS.items():
+        if variant.warm_start_steps:
+            done = tmp_path / f"shared-warm-start-{variant.warm_start_steps}" / "pipeline" / "model_index.json"
+            done.parent.mkdir(parents=True, exist_ok=True)
+            done.write_text("{}")
+            found = recipe_variants.warm_start(variant.warm_start_steps, tmp_path)  # reused, not trained
+            assert found == done.parent
+            assert found.parent.name not in recipe_variants.VARIANTS, name
