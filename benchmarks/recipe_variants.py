@@ -17,9 +17,12 @@ JSON line to ``OUT/results.jsonl`` and writes its per-(pair, seed) rows to
 
 Some variants are departures that the library deliberately does not offer
 (per-group learning rates, a non-zero-initialised hint embedding, zero terminal
-SNR, a shared warm start of the UNet and detail extractor). They are applied here as `unittest.mock` patches of the library for the
-variant's training *and* evaluation, and undone afterwards; nothing here changes
-what `anydoor train` does.
+SNR, a shared warm start of the UNet and detail extractor). They are applied
+here as `unittest.mock` patches of the library for the variant's training
+*and* evaluation, and undone afterwards; nothing here changes what `anydoor
+train` does. The ``x0-step-K`` variants are diagnostics, not methods: the
+demo's model scored on the x0 it predicts at DDIM step K. A warm-start
+variant's ``train_s`` includes the warm start when this call trained it.
 """
 
 from __future__ import annotations
