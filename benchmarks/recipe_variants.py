@@ -173,10 +173,14 @@ def warm_start(steps: int, out: Path) -> Path:
     """The warm start's pipeline folder (`WARM_START_OVERRIDES`, `steps` steps from
     the base UNet), trained into ``out/shared-warm-start-<steps>`` (not a variant's
     folder name) or reused."""
-    folder = out / f"shared-warm-start-{steps}"
+    return _train_into(out / f"shared-warm-start-{steps}", [f"max_steps={steps}", *WARM_START_OVERRIDES])
+
+
+def _train_into(folder: Path, overrides: list[str]) -> Path:
+    """Train `configs/train_tiny.yaml` plus `overrides` into `folder` unless its
+    pipeline is already there; return the pipeline folder."""
     if not (folder / "pipeline" / "model_index.json").exists():
-        overrides = [f'output_dir="{folder}"', "wandb_project=null", "sample_every=0", f"max_steps={steps}",
-                     *WARM_START_OVERRIDES]
+        overrides = [f'output_dir="{folder}"', "wandb_project=null", "sample_every=0", *overrides]
         train(load_config(str(ROOT / "configs/train_tiny.yaml"), overrides), resume="auto")
     return folder / "pipeline"
 
@@ -255,18 +259,16 @@ VARIANTS: dict[str, Variant] = {
 
 
 def _train(name: str, variant: Variant, out: Path) -> tuple[Path, float]:
-    folder = out / name
-    overrides = [f'output_dir="{folder}"', "wandb_project=null", "sample_every=0", *variant.overrides]
+    overrides = list(variant.overrides)
     if variant.own_base_unet:
         base = ensure_tiny_base(ROOT / "data/synthetic", ROOT / "outputs/vae", out / f"{name}_base_unet", progress=False)
         overrides.append(f'model.base_unet="{base}"')
     start = time.perf_counter()
-    if not (folder / "pipeline" / "model_index.json").exists():
-        with contextlib.ExitStack() as stack:
-            if variant.warm_start_steps:
-                stack.enter_context(start_from(warm_start(variant.warm_start_steps, out)))
-            train(load_config(str(ROOT / "configs/train_tiny.yaml"), overrides), resume="auto")
-    return folder / "pipeline", time.perf_counter() - start
+    with contextlib.ExitStack() as stack:
+        if variant.warm_start_steps and not (out / name / "pipeline" / "model_index.json").exists():
+            stack.enter_context(start_from(warm_start(variant.warm_start_steps, out)))
+        pipeline_dir = _train_into(out / name, overrides)
+    return pipeline_dir, time.perf_counter() - start
 
 
 def run_variant(name: str, out: Path, benchmark: Path, seeds: list[int], copy_paste) -> dict:

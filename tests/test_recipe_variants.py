@@ -76,7 +76,7 @@ def test_x0_at_step_returns_that_steps_prediction_and_is_scoped():
     start = torch.randn(2, 4, 4, 4, generator=generator)
     outputs = [torch.randn(2, 4, 4, 4, generator=generator) for _ in range(5)]
 
-    def run() -> torch.Tensor:
+    def run() -> tuple[torch.Tensor, list[torch.Tensor]]:
         scheduler = presets.sampling_scheduler("v_prediction")
         scheduler.set_timesteps(5)
         latents, predicted = start, []
