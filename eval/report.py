@@ -35,6 +35,14 @@ from eval.paper_numbers import PAPER_TABLES, paper_scores, user_study_note
 from eval.sweeps import DONE, find_project_root
 
 UNCALIBRATED_BANNER = "CLIP/DINO similarities computed with random-weight backbones: not CLIP-I / DINO-I"
+# What the mask channel gets (the notebook's `shape_control`), and what that
+# means for the ground-truth metrics (docs/ARCHITECTURE.md, "What the
+# ground-truth metrics can say").
+PLACEMENT = {
+    False: "box: the target's pose is not in the inputs; PSNR/SSIM in the mask then favour blur "
+    "over a sharp object in another pose",
+    True: "silhouette (shape control): the placement mask fixes the target's pose",
+}
 EMBEDDED_DEFAULT = "embedded default (tiny models, synthetic data)"
 REAL_WEIGHTS = "real weights (base models)"
 ALPHA = 0.05  # family-wise error rate of the Holm-corrected comparisons (eval.stats.compare's default)
@@ -341,6 +349,7 @@ def _header(doc: _Document, index: dict, provenance: dict, sweep_dir: Path) -> N
         ("sampling seeds", ", ".join(map(str, params.get("seeds", [])))),
         ("sampler steps", params.get("num_inference_steps")),
         ("guidance scale", params.get("guidance_scale")),
+        ("placement", PLACEMENT[bool(params.get("shape_control", False))]),
         ("training steps", params.get("max_steps")),
         ("runs", _run_status(sweep_dir, index)),
         ("sweep folder", str(sweep_dir)),

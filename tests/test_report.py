@@ -23,7 +23,7 @@ import yaml
 from anydoor.cli import main
 from anydoor.data.synthetic import write_synthetic_dataset
 from eval.paper_numbers import PAPER_TABLES, paper_scores
-from eval.report import UNCALIBRATED_BANNER, markdown_table, render_report, summary_text
+from eval.report import PLACEMENT, UNCALIBRATED_BANNER, markdown_table, render_report, summary_text
 from eval.sweeps import SweepSpec, write_sweep_index
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,12 +76,12 @@ def _png(path: Path, value: int) -> None:
 
 def make_sweep(folder: Path, benchmark: Path, preset: str = "tiny", calibrated: bool = False,
                planted: dict | None = None, notebooks: bool = True, wandb: bool = True,
-               ablations: tuple[str, ...] = tuple(ABLATIONS)) -> Path:
+               ablations: tuple[str, ...] = tuple(ABLATIONS), extra_parameters: dict | None = None) -> Path:
     """A finished sweep folder as `anydoor sweep` and the notebooks leave it."""
     psnr = dict(PSNR, **(planted or {}))
     parameters = {"preset": preset, "id_extractor": "dinov2", "detail_map": "hf", "max_steps": 20,
                   "train_seed": 0, "seeds": SEEDS, "num_inference_steps": 2, "guidance_scale": 5.0,
-                  "random_backbones": not calibrated}
+                  "random_backbones": not calibrated, **(extra_parameters or {})}
     folder.mkdir(parents=True)
     raw = {"name": "mini", "description": "test sweep", "benchmark": str(benchmark), "parameters": parameters,
            "ablations": {a: ABLATIONS[a] for a in ablations}}
@@ -135,6 +135,7 @@ def test_tiny_report_has_tables_cis_figures_links_and_the_banner(tiny_report):
     for text in (page, md):
         assert UNCALIBRATED_BANNER in text
         assert "embedded default (tiny models, synthetic data)" in text
+        assert PLACEMENT[False] in text  # the sweep sets no shape_control: box placement, said in the header
         assert "random-ViT-B-32-tiny" in text
         assert "CLIP-sim (uncalibrated: random backbone)" in text  # never labelled CLIP-I
         assert "paper CLIP-I" not in text and "82.1" not in text  # not comparable to the tiny models
@@ -167,12 +168,13 @@ def test_tiny_report_has_tables_cis_figures_links_and_the_banner(tiny_report):
 
 def test_real_weight_report_shows_the_papers_columns(tmp_path, benchmark):
     sweep = make_sweep(tmp_path / "sweep", benchmark, preset="base", calibrated=True, notebooks=False, wandb=False,
-                       ablations=("id_extractor", "detail_map"))
+                       ablations=("id_extractor", "detail_map"), extra_parameters={"shape_control": True})
     index = render_report(sweep, tmp_path / "report")
     assert index == tmp_path / "report" / "index.html"
     page, md = index.read_text(), (tmp_path / "report" / "report.md").read_text()
     assert UNCALIBRATED_BANNER not in page and UNCALIBRATED_BANNER not in md
     assert "real weights (base models)" in md and "CLIP-I" in md
+    assert PLACEMENT[True] in md and PLACEMENT[False] not in md
     assert "paper CLIP-I" in page and "paper DINO-I" in md
     rows = {cells[1].strip(): line for line in md.splitlines()
             if len(cells := line.split("|")) > 3 and cells[2].strip() in ("arm", "baseline", "reference row")}

@@ -56,6 +56,7 @@ RADIUS_ONE_OBJECT = (0.16, 0.28)
 RADIUS_TWO_OBJECTS = (0.16, 0.22)
 TWO_OBJECT_PROB = 0.3  # share of videos with a second object (id 2)
 BENCHMARK_TURN = (30.0, 150.0)  # degrees between a benchmark reference and its target, either way
+VIDEO_TURN = 60.0  # a video's object turns by up to this many degrees (either way) over its frames
 # Limits write_synthetic_dataset checks every rendered mask against (brief of issue 2).
 AREA_RATIO_LIMITS = (0.02, 0.5)
 MIN_BOX_RATIO = 0.15
@@ -350,7 +351,7 @@ def _sample_pose(
 
 
 def _trajectory(rng: np.random.Generator, size: int, frames: int, region, radius_range) -> list[Pose]:
-    """Poses along a straight path: moves, turns up to 60 degrees, scales and relights."""
+    """Poses along a straight path: moves, turns up to `VIDEO_TURN` degrees, scales and relights."""
     lo, hi = (r * size for r in radius_range)
     r0 = rng.uniform(lo, hi)
     r1 = float(np.clip(r0 * rng.uniform(0.8, 1.25), lo, hi))
@@ -358,7 +359,7 @@ def _trajectory(rng: np.random.Generator, size: int, frames: int, region, radius
     # convex, so every interpolated pose (with a smaller or equal disc) does too.
     start = replace(_sample_pose(rng, size, region, radius_range, radius=max(r0, r1)), radius=r0)
     end = _sample_pose(rng, size, region, radius_range, radius=max(r0, r1))
-    end = replace(end, radius=r1, angle=start.angle + rng.uniform(-60.0, 60.0))
+    end = replace(end, radius=r1, angle=start.angle + rng.uniform(-VIDEO_TURN, VIDEO_TURN))
     return [_interpolate(start, end, t / (frames - 1)) for t in range(frames)]
 
 
