@@ -141,7 +141,7 @@ def _benchmark_turn(rng: np.random.Generator) -> float:
 
 def _training_video_turn(rng: np.random.Generator) -> float:
     """A draw from the turn law of the synthetic training videos' frame pairs:
-    a trajectory turns by U(-60, 60) degrees over its frames (`_trajectory`),
+    a trajectory turns by U(-VIDEO_TURN, VIDEO_TURN) degrees over its frames (`_trajectory`),
     and a pair is two frames at least one apart (`VideoPairDataset`'s
     defaults: uniform over the first frame, then over the second)."""
     total = rng.uniform(-VIDEO_TURN, VIDEO_TURN)
