@@ -36,7 +36,8 @@ no training, and two that cheat (they read the true target), as ceilings.
     python benchmarks/ground_truth_ceilings.py --benchmark data/synthetic/benchmark [--vae outputs/vae]
 
 Prints a table (mean and bootstrap 95% CI over pairs, `eval.stats.summarize`)
-and writes it to --out (markdown) when given.
+and the ideal samplers' paired differences against the scene and copy-paste
+(`eval.stats.compare`), and writes both to --out (markdown) when given.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from anydoor.presets import TINY_IMAGE_SIZE  # noqa: E402
 from eval.crops import copy_paste  # noqa: E402
 from eval.demo import SYNTH_SETTINGS  # noqa: E402
 from eval.metrics import image_to_tensor, masked_psnr, masked_ssim  # noqa: E402
-from eval.stats import summarize  # noqa: E402
+from eval.stats import compare, summarize  # noqa: E402
 
 BLUR_SIGMAS = (1.5, 3.0)
 TURN_STEP_DEG = 5
@@ -232,7 +233,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the table as markdown here")
     args = parser.parse_args(argv)
     rows = ceilings(args.benchmark, args.vae, args.image_size, seed=args.seed)
-    text = format_table(rows)
+    text = format_table(rows) + "\n\n" + format_ideal_comparisons(rows)
     print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -246,6 +247,22 @@ def format_table(rows: pd.DataFrame) -> str:
     lines = [f"| method (n = {rows['pair_id'].nunique()} pairs) | PSNR in mask (dB) | SSIM in mask |", "|---|---|---|"]
     for arm in dict.fromkeys(rows["arm"]):
         lines.append(f"| {arm} | {cell[(arm, 'psnr_mask')]} | {cell[(arm, 'ssim_mask')]} |")
+    return "\n".join(lines)
+
+
+def format_ideal_comparisons(rows: pd.DataFrame, baselines: tuple[str, ...] = ("copy_paste", "scene")) -> str:
+    """Markdown table: each ideal sampler minus each baseline, paired over pairs
+    (`eval.stats.compare`, Holm across the ideal samplers per baseline and metric)."""
+    ideal = [arm for arm in dict.fromkeys(rows["arm"]) if arm.startswith("ideal_")]
+    paired = rows.assign(seed=0)  # one deterministic row per (pair, method)
+    lines = ["| ideal sample | baseline | PSNR difference [95% CI] (p Holm) | SSIM difference [95% CI] (p Holm) |",
+             "|---|---|---|---|"]
+    for baseline in baselines:
+        diffs = compare(paired[paired["arm"].isin([baseline, *ideal])], baseline, metrics=["psnr_mask", "ssim_mask"])
+        cell = {(r.arm, r.metric): f"{r.mean_diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}] ({r.p_holm:.2g})"
+                for r in diffs.itertuples()}
+        for arm in ideal:
+            lines.append(f"| {arm} | {baseline} | {cell[(arm, 'psnr_mask')]} | {cell[(arm, 'ssim_mask')]} |")
     return "\n".join(lines)
 
 

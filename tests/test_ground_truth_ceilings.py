@@ -78,3 +78,20 @@ def test_silhouette_turn_reads_the_pose_from_the_placement_mask():
     chosen = ceilings._silhouette_turn(item, silhouette)
     np.testing.assert_array_equal(chosen, ceilings._turned_paste(item, 90.0, silhouette))
     assert not np.array_equal(chosen, ceilings._turned_paste(item, 0.0, silhouette))
+
+
+def test_ideal_comparisons_are_paired_differences():
+    import pandas as pd
+
+    pairs = [f"p{i}" for i in range(6)]
+    psnr = np.linspace(10.0, 15.0, 6)
+    frame = pd.concat([
+        pd.DataFrame({"pair_id": pairs, "arm": "copy_paste", "psnr_mask": psnr, "ssim_mask": 0.2}),
+        pd.DataFrame({"pair_id": pairs, "arm": "scene", "psnr_mask": psnr - 2.0, "ssim_mask": 0.3}),
+        pd.DataFrame({"pair_id": pairs, "arm": "ideal_x", "psnr_mask": psnr + 1.0, "ssim_mask": 0.25}),
+    ])
+    lines = ceilings.format_ideal_comparisons(frame).splitlines()[2:]
+    assert [line.split("|")[1:3] for line in lines] == [[" ideal_x ", " copy_paste "], [" ideal_x ", " scene "]]
+    assert lines[0].split("|")[3].startswith(" +1.000 [+1.000, +1.000]")
+    assert lines[1].split("|")[3].startswith(" +3.000 [+3.000, +3.000]")
+    assert lines[1].split("|")[4].startswith(" -0.050 [-0.050, -0.050]")
