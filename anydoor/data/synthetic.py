@@ -41,6 +41,8 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
+from anydoor.data.captions import colour_family
+
 SHAPES = ("ellipse", "rounded_rect", "polygon", "blob")
 TEXTURES = ("stripes", "checks", "dots", "glyphs", "patches")
 BACKGROUNDS = ("gradient", "noise", "stripes", "shapes")
@@ -84,9 +86,22 @@ class SyntheticObject:
     rgb: np.ndarray = field(repr=False)  # (R, R, 3) float32 in [0, 1]
     alpha: np.ndarray = field(repr=False)  # (R, R) float32 in {0, 1}
 
+    @property
+    def colour(self) -> str:
+        """The body's colour family (`anydoor.data.captions.COLOUR_FAMILIES`), as a caption names it."""
+        return colour_family(self.palette[0])
+
+    @property
+    def marker(self) -> str:
+        """The marker's colour family."""
+        return colour_family(self.palette[-1])
+
     def describe(self) -> dict:
         palette = [list(c) for c in self.palette]
-        return {"shape": self.shape, "texture": self.texture, "palette": palette, "seed": list(self.seed)}
+        return {
+            "shape": self.shape, "texture": self.texture, "colour": self.colour, "marker": self.marker,
+            "palette": palette, "seed": list(self.seed),
+        }
 
 
 @dataclass(frozen=True)
@@ -259,7 +274,19 @@ def make_object(object_id: int, seed: np.random.SeedSequence, resolution: int) -
 
 def make_background(size: int, rng: np.random.Generator) -> np.ndarray:
     """A varied background (gradient, smooth noise, soft stripes or blurred shapes), uint8 RGB."""
+    return draw_background(size, rng)[0]
+
+
+def draw_background(size: int, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """`make_background`'s image and its kind (one of `BACKGROUNDS`, what a caption names)."""
     kind = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    return render_background(kind, size, rng), kind
+
+
+def render_background(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A background of the given kind (one of `BACKGROUNDS`), uint8 RGB."""
+    if kind not in BACKGROUNDS:
+        raise ValueError(f"kind must be one of {BACKGROUNDS}, got {kind!r}")
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     c0, c1 = _muted_colour(rng), _muted_colour(rng)
     a = rng.uniform(0.0, 2.0 * np.pi)
@@ -328,7 +355,7 @@ def composite(background: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]
     return frame, labels
 
 
-def _sample_pose(
+def sample_pose(
     rng: np.random.Generator,
     size: int,
     region: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0),
@@ -357,8 +384,8 @@ def _trajectory(rng: np.random.Generator, size: int, frames: int, region, radius
     r1 = float(np.clip(r0 * rng.uniform(0.8, 1.25), lo, hi))
     # Both end points keep the larger disc inside the region; the region is
     # convex, so every interpolated pose (with a smaller or equal disc) does too.
-    start = replace(_sample_pose(rng, size, region, radius_range, radius=max(r0, r1)), radius=r0)
-    end = _sample_pose(rng, size, region, radius_range, radius=max(r0, r1))
+    start = replace(sample_pose(rng, size, region, radius_range, radius=max(r0, r1)), radius=r0)
+    end = sample_pose(rng, size, region, radius_range, radius=max(r0, r1))
     end = replace(end, radius=r1, angle=start.angle + rng.uniform(-VIDEO_TURN, VIDEO_TURN))
     return [_interpolate(start, end, t / (frames - 1)) for t in range(frames)]
 
@@ -519,7 +546,7 @@ def _write_images(root: Path, seeds, size: int, registry: _ObjectRegistry) -> No
         object_seed, rng_seed = item_seed.spawn(2)
         rng = np.random.default_rng(rng_seed)
         obj = registry.new("images", stem, object_seed)
-        _, [(rgb, mask)] = _render_checked(rng, size, obj, lambda g: [_sample_pose(g, size)], f"image {stem}")
+        _, [(rgb, mask)] = _render_checked(rng, size, obj, lambda g: [sample_pose(g, size)], f"image {stem}")
         frame, _ = composite(make_background(size, rng), [(rgb, mask)])
         _write_jpeg(root / "images" / f"{stem}.jpg", frame)
         _write_png(root / "masks" / f"{stem}.png", mask.astype(np.uint8) * 255)
@@ -534,7 +561,7 @@ def _write_benchmark(root: Path, seeds, size: int, registry: _ObjectRegistry) ->
         rng = np.random.default_rng(rng_seed)
         obj = registry.new("benchmark", pair_id, object_seed)
         (target_pose,), [(rgb, mask)] = _render_checked(
-            rng, size, obj, lambda g: [_sample_pose(g, size)], f"benchmark {pair_id}"
+            rng, size, obj, lambda g: [sample_pose(g, size)], f"benchmark {pair_id}"
         )
         scene = make_background(size, rng)
         target, _ = composite(scene, [(rgb, mask)])
@@ -542,7 +569,7 @@ def _write_benchmark(root: Path, seeds, size: int, registry: _ObjectRegistry) ->
         def reference_pose(g: np.random.Generator) -> list[Pose]:
             # Another pose: turned by 30..150 degrees either way, elsewhere, other lighting.
             turn = g.uniform(*BENCHMARK_TURN) * (1 if g.random() < 0.5 else -1)
-            return [replace(_sample_pose(g, size), angle=target_pose.angle + turn)]
+            return [replace(sample_pose(g, size), angle=target_pose.angle + turn)]
 
         _, [(ref_rgb, ref_mask)] = _render_checked(rng, size, obj, reference_pose, f"benchmark {pair_id} reference")
         # The reference keeps its own background under alpha 0, so the "background

@@ -83,6 +83,9 @@ def interpolate_dinov2_pos_embed(pos_embed: torch.Tensor, target_grid: int = 16)
     if not isinstance(target_grid, int) or target_grid < 1:
         raise ValueError(f"target_grid must be a positive int, got {target_grid!r}")
 
+    if grid == target_grid:
+        # The original rule returns the table unchanged when the grids agree.
+        return pos_embed
     dim = pos_embed.shape[-1]
     cls_row, patch_rows = pos_embed[:, :1], pos_embed[:, 1:]
     patch_grid = patch_rows.reshape(1, grid, grid, dim).permute(0, 3, 1, 2).float()

@@ -1,0 +1,146 @@
+"""The embedded world's pretrained models, shipped with the package.
+
+Every pretrained model of the real recipe has an in-world counterpart
+(DESIGN.md section 4), trained once by `anydoor pretrain-world` on the
+synthetic world and committed here as small safetensors, so an installed
+`anydoor` has them as a real user has downloaded weights:
+
+| file(s) | model | loaded by |
+|---|---|---|
+| ``clip/`` | the CLIP-like model (open_clip `CLIP`, registered as ``anydoor-world-clip``): its vision tower is the `clip` arm's ID backbone, its text tower conditions the world's base UNet | `load_clip` |
+| ``dinov2/`` | the DINOv2-like ID backbone (transformers `Dinov2Model`) | `load_dinov2` |
+| ``metric_clip/`` | the CLIP-I metric model's image tower (open_clip `VisionTransformer`) | `eval.backbones.load_world_backbones` |
+| ``metric_dino/`` | the DINO-I metric backbone (transformers `ViTModel`) | same |
+
+``manifest.json`` lists every file with its sha256, the command and commit
+that produced them, the seeds, each stage's training time and the
+calibration table (`eval.calibration`). Every loader checks the hashes of the
+files it reads first: a missing or changed file is a `WorldModelError`
+naming it and the command that rebuilds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import cache
+from os import PathLike
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+CLIP_MODEL_NAME = "anydoor-world-clip"  # the open_clip model name the shipped config registers
+OPEN_CLIP_CONFIG_DIR = "open_clip"  # open_clip model configs (<name>.json), for open_clip.add_model_config
+CLIP_DIR, DINOV2_DIR, METRIC_CLIP_DIR, METRIC_DINO_DIR = "clip", "dinov2", "metric_clip", "metric_dino"
+CLIP_WEIGHTS = "open_clip_model.safetensors"
+REBUILD_COMMAND = "anydoor pretrain-world --out anydoor/world"
+# The stages of `anydoor pretrain-world` (anydoor.world.pretrain.STAGES), in order.
+STAGE_NAMES = ("clip", "dinov2", "metric_clip", "metric_dino", "calibration")
+
+
+class WorldModelError(FileNotFoundError):
+    """A shipped world model file is missing or does not match its manifest hash."""
+
+
+def world_dir() -> Path:
+    """The folder the world models ship in (inside the installed package)."""
+    return Path(__file__).resolve().parent
+
+
+def sha256_file(path: str | PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_manifest(root: str | PathLike | None = None) -> dict:
+    """The world manifest (`MANIFEST` in `root`, default `world_dir()`)."""
+    path = Path(root or world_dir()) / MANIFEST
+    if not path.is_file():
+        raise WorldModelError(f"the world models' manifest {str(path)!r} is missing; rebuild with `{REBUILD_COMMAND}`")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise WorldModelError(f"the world manifest {str(path)!r} is not valid JSON ({err}); rebuild with `{REBUILD_COMMAND}`") from None
+
+
+def manifest_sha256(root: str | PathLike | None = None) -> str:
+    """sha256 of the manifest file: names the whole set of world models (a run parameter)."""
+    path = Path(root or world_dir()) / MANIFEST
+    if not path.is_file():
+        raise WorldModelError(f"the world models' manifest {str(path)!r} is missing; rebuild with `{REBUILD_COMMAND}`")
+    return sha256_file(path)
+
+
+@cache
+def _verified(root: str, folder: str, manifest_hash: str) -> Path:
+    """Check every manifest file under `folder`; cached per manifest version."""
+    manifest = load_manifest(root)
+    base = Path(root)
+    entries = [e for e in manifest.get("files", []) if Path(e["file"]).parts[0] == folder]
+    if not entries:
+        raise WorldModelError(
+            f"the world manifest in {root!r} lists no file under {folder!r}; rebuild with `{REBUILD_COMMAND}`"
+        )
+    for entry in entries:
+        path = base / entry["file"]
+        if not path.is_file():
+            raise WorldModelError(f"world model file {str(path)!r} is missing; rebuild with `{REBUILD_COMMAND}`")
+        if sha256_file(path) != entry["sha256"]:
+            raise WorldModelError(
+                f"world model file {str(path)!r} does not match its manifest sha256 (corrupt or changed); "
+                f"rebuild with `{REBUILD_COMMAND}`"
+            )
+    return base / folder
+
+
+def verified_folder(folder: str, root: str | PathLike | None = None) -> Path:
+    """`root/folder` after checking each of its files against the manifest (`WorldModelError` if not)."""
+    root = str(Path(root or world_dir()).resolve())
+    return _verified(root, folder, manifest_sha256(root))
+
+
+def register_open_clip(root: str | PathLike | None = None) -> str:
+    """Register the shipped open_clip model config, so ``open_clip.create_model(CLIP_MODEL_NAME)``
+    builds the world CLIP like any named model. Returns the name."""
+    import open_clip
+
+    config_dir = Path(root or world_dir()) / OPEN_CLIP_CONFIG_DIR
+    if not (config_dir / f"{CLIP_MODEL_NAME}.json").is_file():
+        raise WorldModelError(f"open_clip config {str(config_dir / (CLIP_MODEL_NAME + '.json'))!r} is missing; "
+                              f"rebuild with `{REBUILD_COMMAND}`")
+    if open_clip.get_model_config(CLIP_MODEL_NAME) is None:
+        open_clip.add_model_config(config_dir)
+    return CLIP_MODEL_NAME
+
+
+def clip_tokenizer(root: str | PathLike | None = None):
+    """The world CLIP's word-level caption tokenizer (open_clip `HFTokenizer`)."""
+    from open_clip.tokenizer import HFTokenizer
+
+    from anydoor.data.captions import CONTEXT_LENGTH
+
+    return HFTokenizer(str(verified_folder(CLIP_DIR, root)), context_length=CONTEXT_LENGTH)
+
+
+def load_clip(root: str | PathLike | None = None):
+    """The world CLIP (open_clip `CLIP`, eval mode) and its tokenizer."""
+    import open_clip
+
+    folder = verified_folder(CLIP_DIR, root)
+    name = register_open_clip(root)
+    model = open_clip.create_model(name, pretrained=str(folder / CLIP_WEIGHTS))
+    return model.eval(), clip_tokenizer(root)
+
+
+def dinov2_path(root: str | PathLike | None = None) -> Path:
+    """The DINOv2-like ID backbone's `save_pretrained` folder (hash-checked)."""
+    return verified_folder(DINOV2_DIR, root)
+
+
+def load_dinov2(root: str | PathLike | None = None):
+    """The DINOv2-like ID backbone (transformers `Dinov2Model`, eval mode)."""
+    from transformers import Dinov2Model
+
+    return Dinov2Model.from_pretrained(dinov2_path(root)).eval()

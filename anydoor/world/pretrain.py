@@ -1,0 +1,320 @@
+"""`anydoor pretrain-world`: train the embedded world's pretrained models, in stages.
+
+Each stage trains one model on the pretraining split (`anydoor.data.world_views`)
+and writes its files into the output folder (normally the package's
+`anydoor/world/`); the calibration stage scores them (`eval.calibration`).
+A stage's *inputs* are the source of the modules that define it, its
+settings, the split's seed and size, and the outputs of the stages it reads;
+their hash is recorded in the manifest with the stage's files, time and log.
+A rerun redoes only the stages whose inputs changed (or whose files no
+longer match), and the manifest is rewritten after every stage, so an
+interrupted run resumes at the first unfinished stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, is_dataclass
+from os import PathLike
+from pathlib import Path
+
+from anydoor.data.world_views import CALIBRATION_SEED, PRETRAIN_SEED
+from anydoor.training.world_clip import ClipSettings
+from anydoor.training.world_dino import DinoSettings
+from anydoor.world import (
+    CLIP_DIR,
+    CLIP_MODEL_NAME,
+    CLIP_WEIGHTS,
+    DINOV2_DIR,
+    MANIFEST,
+    METRIC_CLIP_DIR,
+    METRIC_DINO_DIR,
+    OPEN_CLIP_CONFIG_DIR,
+    STAGE_NAMES,
+    sha256_file,
+)
+
+PRETRAIN_OBJECTS = 4096  # objects of the pretraining split (the demo trains on about 60)
+METRIC_CLIP_CONFIG = "vision_config.json"
+METRIC_CLIP_WEIGHTS = "model.safetensors"
+
+
+def _tiny_dinov2() -> dict:
+    from anydoor.presets import ID_IMAGE_SIZE, tiny_dinov2_config
+
+    return {**tiny_dinov2_config(), "image_size": ID_IMAGE_SIZE}
+
+
+def _tiny_clip_vision() -> dict:
+    from anydoor.presets import tiny_clip_vision_config
+
+    return tiny_clip_vision_config()
+
+
+# The four models (DESIGN.md section 4's table). Seeds differ, and the metric models have shapes
+# of their own, so no arm is scored in its own ID backbone's embedding space.
+CLIP_SETTINGS = ClipSettings(vision=_tiny_clip_vision(), steps=600, batch_size=128, seed=11)
+DINOV2_SETTINGS = DinoSettings(
+    architecture="dinov2", backbone=_tiny_dinov2(), ibot=True, global_size=112, local_size=56,
+    steps=2400, highres_steps=240, batch_size=64, seed=12,
+)
+METRIC_CLIP_SETTINGS = ClipSettings(
+    vision=dict(image_size=96, layers=4, width=96, head_width=32, patch_size=8),
+    embed_dim=96, text_width=96, text_heads=4, text_layers=3, steps=500, batch_size=128, seed=13,
+)
+METRIC_DINO_SETTINGS = DinoSettings(
+    architecture="vit",
+    backbone=dict(hidden_size=96, num_hidden_layers=4, num_attention_heads=3, intermediate_size=384,
+                  patch_size=8, image_size=96),
+    global_size=96, local_size=48, steps=1500, batch_size=64, seed=14,
+)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    folders: tuple[str, ...]  # the folders of the output it writes (none: the calibration)
+    modules: tuple[str, ...]  # the source whose text is the stage's code version
+    reads: tuple[str, ...] = ()
+    run: Callable | None = None  # (context) -> the stage's log (a JSON-able dict)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a stage body gets: where to write, the settings of every stage, the split's size."""
+
+    out: Path
+    work: Path
+    settings: dict  # stage name -> ClipSettings / DinoSettings
+    objects: int = PRETRAIN_OBJECTS
+    calibration_objects: int | None = None  # None: eval.calibration.CALIBRATION_OBJECTS
+    progress: bool = True
+
+    def bank(self):
+        from anydoor.data.world_views import world_objects
+
+        return world_objects(self.objects, PRETRAIN_SEED)
+
+    def calibration_crops(self):
+        from eval.calibration import CALIBRATION_OBJECTS, calibration_crops, write_calibration_set
+
+        count = self.calibration_objects or CALIBRATION_OBJECTS
+        root = self.work / f"calibration-{CALIBRATION_SEED}-{count}"
+        if not (root / "manifest.json").is_file():
+            shutil.rmtree(root, ignore_errors=True)
+            write_calibration_set(root, CALIBRATION_SEED, count)
+        return calibration_crops(root / "benchmark")
+
+
+_DATA_MODULES = ("anydoor.data.synthetic", "anydoor.data.captions", "anydoor.data.world_views")
+
+
+def _source_hash(modules) -> str:
+    digest = hashlib.sha256()
+    for name in modules:
+        origin = importlib.util.find_spec(name).origin
+        digest.update(name.encode())
+        digest.update(Path(origin).read_bytes())
+    return digest.hexdigest()
+
+
+def stage_inputs(stage: Stage, manifest: dict, context: Context) -> dict:
+    """What a stage's outputs depend on (hashed into its record's ``inputs``)."""
+    reads = {}
+    for name in stage.reads:
+        record = manifest.get("stages", {}).get(name)
+        if record is None:
+            raise ValueError(f"stage {stage.name!r} reads stage {name!r}, which has not been run; run it first")
+        reads[name] = record["outputs"]
+    settings = context.settings.get(stage.name)
+    return {
+        "code": _source_hash(stage.modules),
+        "settings": asdict(settings) if is_dataclass(settings) else None,
+        "pretrain_seed": PRETRAIN_SEED,
+        "objects": context.objects,
+        "calibration": [CALIBRATION_SEED, context.calibration_objects],
+        "reads": reads,
+    }
+
+
+def _hash_json(payload) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _files_of(out: Path, folder: str) -> list[dict]:
+    return [
+        {"file": p.relative_to(out).as_posix(), "sha256": sha256_file(p)}
+        for p in sorted((out / folder).rglob("*")) if p.is_file()
+    ]
+
+
+def _files_match(out: Path, files: list[dict]) -> bool:
+    return all((out / f["file"]).is_file() and sha256_file(out / f["file"]) == f["sha256"] for f in files)
+
+
+# --------------------------------------------------------------------------- stage bodies
+
+
+def _save_safetensors(state_dict: dict, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous() for k, v in state_dict.items()}, str(path))
+
+
+def _tokenizer(folder: Path):
+    from open_clip.tokenizer import HFTokenizer
+
+    from anydoor.data.captions import CONTEXT_LENGTH, build_caption_tokenizer
+
+    build_caption_tokenizer(folder)
+    return HFTokenizer(str(folder), context_length=CONTEXT_LENGTH)
+
+
+def _run_clip(ctx: Context) -> dict:
+    from anydoor.training.world_clip import train_clip
+
+    folder = ctx.out / CLIP_DIR
+    run = train_clip(ctx.settings["clip"], ctx.bank(), _tokenizer(folder), ctx.progress)
+    _save_safetensors(run.model.state_dict(), folder / CLIP_WEIGHTS)
+    config_dir = ctx.out / OPEN_CLIP_CONFIG_DIR
+    config_dir.mkdir(parents=True, exist_ok=True)
+    (config_dir / f"{CLIP_MODEL_NAME}.json").write_text(json.dumps(run.config, indent=1, sort_keys=True) + "\n")
+    return run.log()
+
+
+def _run_dino(name: str, folder: str):
+    def body(ctx: Context) -> dict:
+        from anydoor.training.world_dino import train_dino
+
+        run = train_dino(ctx.settings[name], ctx.bank(), ctx.progress)
+        run.backbone.save_pretrained(ctx.out / folder)
+        return run.log()
+
+    return body
+
+
+def _run_metric_clip(ctx: Context) -> dict:
+    from anydoor.training.world_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, train_clip
+    from eval.calibration import zero_shot_accuracy
+
+    settings = ctx.settings["metric_clip"]
+    tokenizer = _tokenizer(ctx.work / "metric_clip_tokenizer")
+    run = train_clip(settings, ctx.bank(), tokenizer, ctx.progress)
+    folder = ctx.out / METRIC_CLIP_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    # Only the image tower ships (CLIP-I needs no text); its zero-shot accuracy is measured here.
+    _save_safetensors(run.model.visual.state_dict(), folder / METRIC_CLIP_WEIGHTS)
+    config = {"embed_dim": settings.embed_dim, "vision_cfg": dict(settings.vision),
+              "mean": list(OPENAI_CLIP_MEAN), "std": list(OPENAI_CLIP_STD)}
+    (folder / METRIC_CLIP_CONFIG).write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
+    zero_shot = zero_shot_accuracy(run.model, tokenizer, settings.vision["image_size"], ctx.calibration_crops(),
+                                   OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+    return {**run.log(), "zero_shot": zero_shot}
+
+
+def _run_calibration(ctx: Context) -> dict:
+    from eval.calibration import calibrate_world
+
+    return calibrate_world(ctx.out, ctx.calibration_crops(), ctx.settings)
+
+
+def stage_settings() -> dict:
+    """Each model stage's settings (the calibration builds each random-init floor from them)."""
+    return {"clip": CLIP_SETTINGS, "dinov2": DINOV2_SETTINGS, "metric_clip": METRIC_CLIP_SETTINGS,
+            "metric_dino": METRIC_DINO_SETTINGS}
+
+
+_CLIP_CODE = _DATA_MODULES + ("anydoor.training.world_clip",)
+_DINO_CODE = _DATA_MODULES + ("anydoor.training.world_dino",)
+STAGES = (
+    Stage("clip", (CLIP_DIR, OPEN_CLIP_CONFIG_DIR), _CLIP_CODE, run=_run_clip),
+    Stage("dinov2", (DINOV2_DIR,), _DINO_CODE, run=_run_dino("dinov2", DINOV2_DIR)),
+    Stage("metric_clip", (METRIC_CLIP_DIR,), _CLIP_CODE + ("eval.calibration",), run=_run_metric_clip),
+    Stage("metric_dino", (METRIC_DINO_DIR,), _DINO_CODE, run=_run_dino("metric_dino", METRIC_DINO_DIR)),
+    Stage("calibration", (), _DATA_MODULES + ("eval.calibration", "eval.backbones", "anydoor.world"),
+          reads=("clip", "dinov2", "metric_clip", "metric_dino"), run=_run_calibration),
+)
+assert tuple(s.name for s in STAGES) == STAGE_NAMES, "anydoor.world.STAGE_NAMES must list STAGES in order"
+
+
+# --------------------------------------------------------------------------- the runner
+
+
+def _commit() -> str:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "anydoor", "eval"],
+                               capture_output=True, text=True, check=True)
+        return sha.stdout.strip() + ("+uncommitted" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _write_manifest(out: Path, manifest: dict) -> None:
+    files = []
+    for name in STAGE_NAMES:
+        files += manifest["stages"].get(name, {}).get("files", [])
+    manifest["files"] = sorted(files, key=lambda f: f["file"])
+    tmp = out / f"{MANIFEST}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    tmp.replace(out / MANIFEST)
+
+
+def pretrain_world(out: str | PathLike, only=None, work: str | PathLike = "outputs/world-work", progress: bool = True,
+                   command: str | None = None, log=print, settings: dict | None = None,
+                   objects: int = PRETRAIN_OBJECTS, calibration_objects: int | None = None) -> dict:
+    """Run the stages of `STAGES` whose inputs changed into `out`; returns the manifest.
+
+    Args:
+        out: the output folder (``anydoor/world`` to ship).
+        only: stage names to consider (default all); the others are left as they are.
+        work: scratch folder (the calibration set, the metric CLIP's tokenizer).
+        settings: stage name -> settings replacing `stage_settings()`'s (tests train tiny runs).
+        objects, calibration_objects: sizes of the pretraining split and the calibration set.
+    """
+    out = Path(out)
+    only = list(STAGE_NAMES) if not only else list(only)
+    unknown = [name for name in only if name not in STAGE_NAMES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; stages: {', '.join(STAGE_NAMES)}")
+    ctx = Context(out=out, work=Path(work), settings={**stage_settings(), **(settings or {})}, objects=objects,
+                  calibration_objects=calibration_objects, progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx.work.mkdir(parents=True, exist_ok=True)
+    path = out / MANIFEST
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    manifest.setdefault("stages", {})
+    manifest.update(pretrain_seed=PRETRAIN_SEED, calibration_seed=CALIBRATION_SEED, objects=objects,
+                    command=command or f"anydoor pretrain-world --out {out}")
+    for stage in STAGES:
+        if stage.name not in only:
+            continue
+        key = _hash_json(stage_inputs(stage, manifest, ctx))
+        record = manifest["stages"].get(stage.name)
+        if record and record.get("inputs") == key and _files_match(out, record.get("files", [])):
+            log(f"[pretrain-world] {stage.name}: up to date (inputs {key[:12]})")
+            continue
+        log(f"[pretrain-world] {stage.name}: training")
+        for folder in stage.folders:
+            shutil.rmtree(out / folder, ignore_errors=True)
+        start = time.perf_counter()
+        result = stage.run(ctx)
+        seconds = time.perf_counter() - start
+        files = [f for folder in stage.folders for f in _files_of(out, folder)]
+        record = {"inputs": key, "seconds": round(seconds, 1), "files": files, "log": result, "commit": _commit(),
+                  "outputs": _hash_json(files if files else result)}
+        manifest["stages"][stage.name] = record
+        if stage.name == "calibration":
+            manifest["calibration"] = result
+        _write_manifest(out, manifest)
+        log(f"[pretrain-world] {stage.name}: done in {seconds:.0f} s")
+    _write_manifest(out, manifest)
+    return manifest
