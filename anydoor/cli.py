@@ -93,10 +93,12 @@ def _evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-pretrained", default="openai", help="open_clip tag (from the local cache) or weights file")
     p.add_argument("--dino-model", default="facebook/dino-vits16", help="DINO-I backbone: HF id or local folder")
     p.add_argument(
-        "--random-backbones", action="store_true",
-        help="use tiny random metric backbones (the embedded default's explicit opt-in): rows say "
-        "calibrated=False and the numbers are never labelled CLIP-I / DINO-I",
+        "--metric-backbones", choices=("real", "world", "random"), default=None,
+        help="CLIP-I / DINO-I backbones: real (downloaded weights, --clip-model/--dino-model), world (the embedded "
+        "world's shipped ones: 'CLIP-I (in-world)') or random (random init: similarities, never CLIP-I); default: "
+        "world for a tiny-preset pipeline, real otherwise",
     )
+    p.add_argument("--random-backbones", action="store_true", help="the older spelling of --metric-backbones random")
     p.add_argument("--no-baselines", action="store_true", help="skip the scene and copy-paste baselines")
     p.add_argument("--save-images", action="store_true", help="also save composites and scored regions to OUT/images/ARM/")
     p.add_argument(
@@ -109,17 +111,18 @@ def _evaluate(sub: argparse._SubParsersAction) -> None:
 
         from anydoor.pipeline_anydoor import AnyDoorPipeline
         from eval.backbones import load_backbones
-        from eval.runner import BASELINES, evaluate, evaluate_baseline, write_results
+        from eval.runner import BASELINES, default_metric_backbones, evaluate, evaluate_baseline, resolve_metric_backbones, write_results
 
         if not args.pipeline.is_dir():
             raise FileNotFoundError(f"--pipeline {str(args.pipeline)!r} is not a folder (expected a save_pretrained layout)")
-        backbones = load_backbones(
-            args.clip_model, args.clip_pretrained, args.dino_model, random_weights=args.random_backbones
-        ).to(args.device)
         pipeline = AnyDoorPipeline.from_pretrained(args.pipeline).to(args.device)
+        metric_backbones = resolve_metric_backbones(args.metric_backbones, args.random_backbones, default_metric_backbones(pipeline))
+        backbones = load_backbones(
+            args.clip_model, args.clip_pretrained, args.dino_model, metric_backbones=metric_backbones
+        ).to(args.device)
         arm = args.arm or args.pipeline.resolve().name
         images = (lambda name: args.out / "images" / name) if args.save_images else (lambda name: None)
-        common = dict(backbones=backbones, random_backbones=args.random_backbones)
+        common = dict(backbones=backbones, metric_backbones=metric_backbones)
         frames = [evaluate(
             pipeline, args.benchmark, args.seeds, args.steps, args.guidance, arm=arm, batch_size=args.batch_size,
             save_images=images(arm), extra_columns=None if args.train_seed is None else {"train_seed": args.train_seed},
@@ -326,7 +329,39 @@ def _train_base(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-COMMANDS = [_synth_data, _train_vae, _train_base, _train, _compose, _evaluate, _sweep, _report, _demo, _convert_released]
+def _pretrain_world(sub: argparse._SubParsersAction) -> None:
+    from anydoor.world import STAGE_NAMES
+
+    p = sub.add_parser(
+        "pretrain-world",
+        help="train the embedded world's pretrained models (ID backbones, metric backbones) and calibrate them",
+        description="Train, in stages, the embedded world's counterparts of the real recipe's pretrained models on "
+        "the synthetic world's pretraining split, write them with a manifest (sha256, command, commit, seeds, times, "
+        "calibration) into --out, and print the calibration table. A rerun redoes only the stages whose inputs "
+        "(code, settings, seeds, the stages they read) changed. To ship: --out anydoor/world.",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder (anydoor/world ships with the package)")
+    p.add_argument("--only", nargs="+", choices=STAGE_NAMES, default=None, metavar="STAGE",
+                   help=f"run only these stages ({', '.join(STAGE_NAMES)})")
+    p.add_argument("--work", type=Path, default=Path("outputs/world-work"), help="scratch folder (calibration set)")
+
+    def run(args: argparse.Namespace) -> int:
+        from anydoor.world.pretrain import pretrain_world
+        from eval.calibration import format_calibration
+
+        only = "" if not args.only else " --only " + " ".join(args.only)
+        manifest = pretrain_world(args.out, only=args.only, work=args.work,
+                                  command=f"anydoor pretrain-world --out {args.out}{only}")
+        for name, record in manifest["stages"].items():
+            print(f"  {name}: {record['seconds']:.0f} s")
+        if manifest.get("calibration"):
+            print(format_calibration(manifest["calibration"]))
+        return 0
+
+    p.set_defaults(handler=run)
+
+
+COMMANDS = [_synth_data, _pretrain_world, _train_vae, _train_base, _train, _compose, _evaluate, _sweep, _report, _demo, _convert_released]
 
 
 def build_parser() -> argparse.ArgumentParser:

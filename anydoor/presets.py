@@ -154,13 +154,55 @@ def _seeded(seed: int, build: Callable[[], Any]) -> Any:
         return build()
 
 
+ID_BACKBONES = ("world", "random")  # the tiny preset's frozen ID backbone: shipped in-world weights, or random init
+
+
+def tiny_id_extractor(id_extractor: str, id_backbone: str, seed: int):
+    """The tiny preset's ID extractor: the world's pretrained backbone (``id_backbone="world"``:
+    the DINOv2-like one for the dinov2 arms, the CLIP-like vision tower for the clip arm, as the
+    released recipe freezes a pretrained DINOv2) or a random-init one of the same shape ("random").
+    The projector's init is drawn from `seed` either way."""
+    if id_backbone not in ID_BACKBONES:
+        raise ValueError(f"id_backbone must be one of {ID_BACKBONES}, got {id_backbone!r}")
+    if id_extractor not in ID_EXTRACTOR_NAMES:
+        raise ValueError(f"id_extractor must be one of {ID_EXTRACTOR_NAMES}, got {id_extractor!r}")
+    if id_backbone == "random":
+        return _seeded(
+            seed,
+            lambda: build_id_extractor(
+                id_extractor,
+                cross_attention_dim=TINY_CROSS_ATTENTION_DIM,
+                backbone_config=tiny_dinov2_config(),
+                vision_config=tiny_clip_vision_config(),
+            ),
+        )
+    from anydoor import world
+
+    generator = torch.Generator().manual_seed(seed)
+    if id_extractor == "clip":
+        from anydoor.models.id_extractors import CLIPIDExtractor
+
+        weights = world.verified_folder(world.CLIP_DIR) / world.CLIP_WEIGHTS
+        return CLIPIDExtractor.from_open_clip(
+            world.register_open_clip(), pretrained=str(weights), cross_attention_dim=TINY_CROSS_ATTENTION_DIM,
+            generator=generator,
+        )
+    tokens = "global" if id_extractor == "dinov2-global" else "all"
+    return DINOv2IDExtractor.from_backbone(
+        world.load_dinov2(), cross_attention_dim=TINY_CROSS_ATTENTION_DIM, tokens=tokens, image_size=ID_IMAGE_SIZE,
+        generator=generator,
+    )
+
+
 def tiny_components(
     seed: int = 0,
     id_extractor: str = "dinov2",
     vae: AutoencoderKL | None = None,
     unet: UNet2DConditionModel | None = None,
+    id_backbone: str = "world",
 ) -> dict:
-    """The embedded default's components, randomly initialised (DESIGN.md 4).
+    """The embedded default's components (DESIGN.md 4): random init, but for the frozen ID
+    backbone, the embedded world's pretrained one by default.
 
     Each model is built from its own seed derived from ``seed`` (VAE, UNet,
     detail extractor, ID extractor in that order), so e.g. the UNet does not
@@ -173,6 +215,8 @@ def tiny_components(
         unet: a pretrained tiny UNet to start from (`anydoor.training.base_unet`,
             the embedded default's stand-in for SD2.1); the detail extractor
             is copied from its encoder, as the released model's was from SD's.
+        id_backbone: "world" (the shipped in-world backbone, `anydoor.world`)
+            or "random" (random init, the floor the world's is measured against).
 
     Returns:
         dict with ``vae``, ``unet``, ``controlnet``, ``id_extractor``, ``scheduler``.
@@ -201,15 +245,7 @@ def tiny_components(
     elif not isinstance(unet, UNet2DConditionModel) or unet.config.cross_attention_dim != TINY_CROSS_ATTENTION_DIM:
         raise TypeError(f"unet must be a tiny UNet2DConditionModel (cross_attention_dim {TINY_CROSS_ATTENTION_DIM}), got {unet!r:.80}")
     controlnet = _seeded(controlnet_seed, lambda: build_detail_extractor(unet, TINY_CONDITIONING_CHANNELS))
-    extractor = _seeded(
-        id_seed,
-        lambda: build_id_extractor(
-            id_extractor,
-            cross_attention_dim=TINY_CROSS_ATTENTION_DIM,
-            backbone_config=tiny_dinov2_config(),
-            vision_config=tiny_clip_vision_config(),
-        ),
-    )
+    extractor = tiny_id_extractor(id_extractor, id_backbone, id_seed)
     return dict(vae=vae, unet=unet, controlnet=controlnet, id_extractor=extractor,
                 scheduler=sampling_scheduler(TINY_PREDICTION_TYPE))
 
@@ -294,12 +330,13 @@ def tiny_pipeline(
     detail_map: str = "hf",
     remove_background: bool = True,
     vae: AutoencoderKL | None = None,
+    id_backbone: str = "world",
 ):
     """The embedded default assembled into an `AnyDoorPipeline` (untrained
     networks, or a given trained tiny VAE); samples on a CPU in about a second."""
     from anydoor.pipeline_anydoor import AnyDoorPipeline
 
-    components = tiny_components(seed=seed, id_extractor=id_extractor, vae=vae)
+    components = tiny_components(seed=seed, id_extractor=id_extractor, vae=vae, id_backbone=id_backbone)
     return AnyDoorPipeline(
         **components, image_size=TINY_IMAGE_SIZE, detail_map=detail_map, remove_background=remove_background
     )

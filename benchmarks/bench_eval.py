@@ -46,17 +46,17 @@ def main() -> None:
         pipe = tiny_pipeline(seed=0) if args.pipeline is None else AnyDoorPipeline.from_pretrained(args.pipeline)
         pipe = pipe.to(args.device)
         start = time.perf_counter()
-        backbones = load_backbones(random_weights=True).to(args.device)
+        backbones = load_backbones(metric_backbones="random").to(args.device)
         backbone_seconds = time.perf_counter() - start
 
         # Warm-up (allocator, kernels, file cache): every pair at one step, one seed; not counted.
         evaluate(pipe, benchmark, [args.seeds[0]], 1, args.guidance,
-                 backbones=backbones, random_backbones=True, batch_size=1, progress=False)
+                 backbones=backbones, metric_backbones="random", batch_size=1, progress=False)
         start = time.perf_counter()
         df = evaluate(pipe, benchmark, args.seeds, args.steps, args.guidance, backbones=backbones,
-                      random_backbones=True, batch_size=args.batch_size, progress=False)
+                      metric_backbones="random", batch_size=args.batch_size, progress=False)
         wall = time.perf_counter() - start
-        baselines = {b: evaluate_baseline(b, benchmark, args.seeds, backbones=backbones, random_backbones=True,
+        baselines = {b: evaluate_baseline(b, benchmark, args.seeds, backbones=backbones, metric_backbones="random",
                                           progress=False) for b in BASELINES}
 
     images = len(df)

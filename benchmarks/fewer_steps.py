@@ -6,7 +6,7 @@ sees the same pairs, crops and initial noise): DDIM 50 (the released
 sampler, the reference) and each (scheduler, steps). Only the ground-truth
 metrics are read, PSNR and SSIM inside the true object mask (`psnr_mask`,
 `ssim_mask`), which need no metric backbone (the runner's backbones are the
-random stand-ins, `random_backbones=True`; their CLIP/DINO columns are
+random stand-ins, `metric_backbones="random"`; their CLIP/DINO columns are
 uncalibrated and not used here).
 
 Per arm: the mean with its bootstrap 95% CI over pairs (`eval.stats.summarize`),
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     pipeline_dir = args.pipeline or find_full_method_pipeline(args.sweep_dir)
     pipe = AnyDoorPipeline.from_pretrained(pipeline_dir).to(args.device)
     pipe.set_progress_bar_config(disable=True)
-    backbones = load_backbones(random_weights=True).to(args.device)
+    backbones = load_backbones(metric_backbones="random").to(args.device)
     base_config = pipe.scheduler.config
 
     arms = [("ddim", 50)] + [(s, n) for s in args.schedulers for n in sorted(args.steps)]
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         pipe.scheduler = make_scheduler(scheduler, base_config)
         start = time.perf_counter()
         frame = evaluate(pipe, args.benchmark, args.seeds, steps, args.guidance, arm=f"{scheduler}-{steps}",
-                         backbones=backbones, random_backbones=True, batch_size=args.batch_size, progress=False)
+                         backbones=backbones, metric_backbones="random", batch_size=args.batch_size, progress=False)
         frames.append(frame.assign(scheduler=scheduler))
         print(f"{scheduler}-{steps}: {len(frame)} images in {time.perf_counter() - start:.1f} s", flush=True)
     results = pd.concat(frames, ignore_index=True)

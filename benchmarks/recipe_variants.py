@@ -284,7 +284,7 @@ def run_variant(name: str, out: Path, benchmark: Path, seeds: list[int], copy_pa
         sampling = {"num_inference_steps": 50, "guidance_scale": 1.0, **variant.sampling}
         for patch in variant.sampling_patches:
             stack.enter_context(patch())
-        rows = evaluate(pipe, benchmark, seeds=seeds, arm=name, random_backbones=True, batch_size=8, progress=False,
+        rows = evaluate(pipe, benchmark, seeds=seeds, arm=name, metric_backbones="random", batch_size=8, progress=False,
                         **sampling)
     (out / name).mkdir(parents=True, exist_ok=True)
     rows.to_csv(out / name / "results.csv", index=False)
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{needed} does not exist: run `make demo` (or its set-up steps) first")
     os.chdir(ROOT)  # configs/train_tiny.yaml's paths are relative to the repository root
     args.out.mkdir(parents=True, exist_ok=True)
-    copy_paste = evaluate_baseline("copy_paste", args.benchmark, seeds=args.seeds, random_backbones=True, progress=False)
+    copy_paste = evaluate_baseline("copy_paste", args.benchmark, seeds=args.seeds, metric_backbones="random", progress=False)
     for name in args.variants:
         result = run_variant(name, args.out, args.benchmark, args.seeds, copy_paste)
         print(json.dumps(result), flush=True)

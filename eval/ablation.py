@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from eval.arm import arm_metric_backbones
 from eval.stats import compare, summarize
 from eval.sweeps import DONE
 
@@ -37,8 +38,9 @@ def run_results(sweep_dir: str | PathLike, run_id: str) -> pd.DataFrame | None:
     return pd.read_parquet(run_dir / "results.parquet")
 
 
-def ensure_baselines(sweep_dir: str | PathLike, benchmark: str, seeds, random_backbones: bool) -> pd.DataFrame:
-    """The non-learned baselines (scene, copy-paste), computed once per sweep."""
+def ensure_baselines(sweep_dir: str | PathLike, benchmark: str, seeds, metric_backbones: str) -> pd.DataFrame:
+    """The non-learned baselines (scene, copy-paste), computed once per sweep with the sweep's
+    metric backbones (`metric_backbones`: "real", "world" or "random")."""
     from eval.runner import BASELINES, evaluate_baseline
 
     folder = Path(sweep_dir) / BASELINE_DIR
@@ -47,7 +49,7 @@ def ensure_baselines(sweep_dir: str | PathLike, benchmark: str, seeds, random_ba
         return pd.read_parquet(path)
     folder.mkdir(parents=True, exist_ok=True)
     frames = [
-        evaluate_baseline(name, benchmark, seeds=list(seeds), random_backbones=random_backbones,
+        evaluate_baseline(name, benchmark, seeds=list(seeds), metric_backbones=metric_backbones,
                           save_images=folder / name, progress=False)
         for name in BASELINES
     ]
@@ -140,7 +142,7 @@ def load_ablation(sweep_dir: str | PathLike, name: str, with_baselines: bool = T
     baseline_arms: list[str] = []
     if with_baselines and frames:
         params = index["parameters"]
-        baselines = ensure_baselines(sweep_dir, index["benchmark"], params["seeds"], bool(params.get("random_backbones")))
+        baselines = ensure_baselines(sweep_dir, index["benchmark"], params["seeds"], arm_metric_backbones(params))
         frames.append(baselines)
         baseline_arms = sorted(baselines["arm"].unique())
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

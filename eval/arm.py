@@ -22,9 +22,10 @@ from eval.sweeps import DONE, folder_lock, run_id
 # documents each); `collect_params` picks them from the notebook's globals.
 ARM_PARAMETER_NAMES = (
     "run_dir", "run_id", "sweep_name", "sweep_dir", "tags", "benchmark", "train_config", "checkpoint",
-    "preset", "vae", "base_unet", "id_extractor", "remove_background", "detail_map", "timestep_sampler",
+    "preset", "vae", "base_unet", "id_extractor", "id_backbone", "remove_background", "detail_map", "timestep_sampler",
     "conditioning_dropout", "max_steps", "batch_size", "learning_rate", "train_seed", "seeds",
-    "num_inference_steps", "guidance_scale", "shape_control", "random_backbones", "eval_batch_size", "wandb_project",
+    "num_inference_steps", "guidance_scale", "shape_control", "metric_backbones", "random_backbones", "eval_batch_size",
+    "wandb_project", "world_models",
 )
 
 # Arm parameter -> training config key.
@@ -33,6 +34,7 @@ TRAIN_KEYS = {
     "vae": "model.vae",
     "base_unet": "model.base_unet",
     "id_extractor": "model.id_extractor",
+    "id_backbone": "model.id_backbone",
     "remove_background": "model.remove_background",
     "detail_map": "model.detail_map",
     "timestep_sampler": "timestep_sampler",
@@ -49,12 +51,21 @@ TRAIN_KEYS = {
 # full method at guidance 5.0 and 1.0); the rest (evaluation parameters and the
 # run's identity: run_dir, run_id, tags, sweep_name, sweep_dir, wandb_project)
 # never trigger a training of their own.
-TRAINING_INPUTS = ("train_config", *TRAIN_KEYS)
+TRAINING_INPUTS = ("train_config", "world_models", *TRAIN_KEYS)
 
 
 def trained_model_key(params: dict) -> str:
     """The key of the arm's trained model in a sweep (``<sweep_dir>/trained/<key>``)."""
     return run_id({k: params[k] for k in TRAINING_INPUTS if k in params})
+
+
+def arm_metric_backbones(params: dict) -> str:
+    """The arm's metric backbones: `metric_backbones` ("real", "world", "random"; `random_backbones`
+    is its older spelling of "random"), by default "world" for the tiny preset, "real" otherwise."""
+    from eval.runner import resolve_metric_backbones
+
+    default = "world" if params.get("preset") == "tiny" else "real"
+    return resolve_metric_backbones(params.get("metric_backbones") or None, bool(params.get("random_backbones")), default)
 
 
 def collect_params(namespace: dict) -> dict:
@@ -137,7 +148,7 @@ def evaluate_arm(pipe, params: dict, run_dir: str | PathLike) -> pd.DataFrame:
         guidance_scale=float(params["guidance_scale"]),
         shape_control=bool(params.get("shape_control", False)),
         arm=str(params.get("run_id", "arm")),
-        random_backbones=bool(params.get("random_backbones", False)),
+        metric_backbones=arm_metric_backbones(params),
         batch_size=int(params.get("eval_batch_size", 8)),
         save_images=run_dir / "samples",
         extra_columns={"train_seed": int(params.get("train_seed", 0)), "run_id": str(params.get("run_id", "arm"))},
@@ -179,7 +190,7 @@ def log_arm_to_wandb(params: dict, run_dir: str | PathLike, results: pd.DataFram
             run.log({f"train/{k}": v for k, v in row.items() if k != "step" and pd.notna(v)}, step=int(row["step"]))
         numeric = results.select_dtypes("number").drop(columns=["seed", "train_seed"], errors="ignore")
         run.summary.update({f"eval/{k}": float(v) for k, v in numeric.mean().items() if pd.notna(v)})
-        run.summary["eval/calibrated"] = bool(results["calibrated"].all())
+        run.summary["eval/metric_source"] = str(results["metric_source"].iloc[0])
         table = wandb.Table(columns=["pair_id", "seed", "generated", "region"])
         for path in sorted((run_dir / "samples").glob("*_seed*.png"))[:16]:
             if path.stem.endswith("_region"):

@@ -12,11 +12,19 @@
 Nothing is downloaded implicitly when offline: weights that cannot be found
 raise `FileNotFoundError` naming them and how to provide them.
 
-Random backbones exist for the embedded default only (DESIGN.md section 4)
-and only on explicit request: tiny models of the same classes with seeded
-random weights. Their embedders carry ``calibrated = False`` and names such
-as "random-ViT-B-32-tiny", and their similarities are never called CLIP-I or
-DINO-I (`eval.metrics.metric_label`).
+The embedded world has metric backbones of its own (DESIGN.md section 4):
+a CLIP-like image tower and a DINO-like ViT trained by `anydoor
+pretrain-world` and shipped in `anydoor/world/` (`load_world_backbones`).
+Their numbers are "CLIP-I (in-world)" / "DINO-I (in-world)", calibrated in
+that world by the manifest's calibration table, never the paper's.
+
+Random backbones exist only on explicit request: tiny models of the same
+classes with seeded random weights, named e.g. "random-ViT-B-32-tiny";
+their similarities are "CLIP-sim (random-init)", never CLIP-I or DINO-I.
+
+Every embedder carries its ``source`` (`METRIC_SOURCES`: "real",
+"in-world" or "random"), which flows into result rows as ``metric_source``
+and from there into every label (`eval.metrics.metric_label`).
 """
 
 from __future__ import annotations
@@ -37,6 +45,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 FAMILIES = ("clip", "dino")
+METRIC_SOURCES = ("real", "in-world", "random")
+# The `metric_backbones` option: which backbones to load ("world" are the in-world ones).
+METRIC_BACKBONES = {"real": "real", "world": "in-world", "random": "random"}
 # DINO / DINOv2 metric inputs: 224 px like DreamBooth's evaluation (DINOv2's
 # weights carry a 518 px grid; transformers interpolates it).
 DINO_IMAGE_SIZE = 224
@@ -68,23 +79,26 @@ class ImageEmbedder(nn.Module):
         family: "clip" (``encoder(x)`` is the projected image embedding) or
             "dino" (a transformers ViT; the CLS token of ``last_hidden_state``).
         name: the backbone's name as written in result rows.
-        calibrated: False for random weights.
+        source: "real" (downloaded weights), "in-world" (the embedded world's
+            trained backbones) or "random" (random init).
     """
 
-    def __init__(self, encoder: nn.Module, family: str, name: str, image_size: int, mean, std, calibrated: bool):
+    def __init__(self, encoder: nn.Module, family: str, name: str, image_size: int, mean, std, source: str):
         super().__init__()
         if family not in FAMILIES:
             raise ValueError(f"family={family!r} is not one of {', '.join(FAMILIES)}")
+        if source not in METRIC_SOURCES:
+            raise ValueError(f"source={source!r} is not one of {', '.join(METRIC_SOURCES)}")
         self.encoder = encoder.eval().requires_grad_(False)
         self.family = family
         self.name = str(name)
         self.image_size = int(image_size)
-        self.calibrated = bool(calibrated)
+        self.source = source
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(family={self.family!r}, name={self.name!r}, image_size={self.image_size}, calibrated={self.calibrated})"
+        return f"{type(self).__name__}(family={self.family!r}, name={self.name!r}, image_size={self.image_size}, source={self.source!r})"
 
     def train(self, mode: bool = True):
         # A metric backbone never leaves eval mode (dropout, patch dropout).
@@ -114,9 +128,17 @@ class MetricBackbones:
     clip: ImageEmbedder
     dino: ImageEmbedder
 
+    def __post_init__(self):
+        if self.clip.source != self.dino.source:
+            raise ValueError(
+                f"the CLIP ({self.clip.source}) and DINO ({self.dino.source}) metric backbones must come from "
+                "one source (real, in-world or random): a table reads both"
+            )
+
     @property
-    def calibrated(self) -> bool:
-        return self.clip.calibrated and self.dino.calibrated
+    def source(self) -> str:
+        """"real", "in-world" or "random" (`METRIC_SOURCES`)."""
+        return self.clip.source
 
     def to(self, device) -> "MetricBackbones":
         self.clip.to(device)
@@ -132,8 +154,8 @@ def _clip_missing(model_name: str, pretrained: str, looked_in: str) -> FileNotFo
         f"CLIP metric backbone {model_name} (pretrained={pretrained!r}) is not available locally ({looked_in}). "
         "Provide it as a local weights file (.safetensors / .bin / .pt) via clip_pretrained (CLI: --clip-pretrained PATH; "
         f"OpenAI weights need the model name {model_name}-quickgelu), or pre-populate the cache on a machine with network "
-        f"access and copy it here (HF_HOME, now {_hf_home()}). For the embedded default only, random backbones can be "
-        "requested explicitly (random_weights=True / --random-backbones); their numbers are not CLIP-I."
+        f"access and copy it here (HF_HOME, now {_hf_home()}). On the embedded default, use its own backbones "
+        "(metric_backbones='world', CLIP-I (in-world)) or random ones (metric_backbones='random'); neither is CLIP-I."
     )
 
 
@@ -201,7 +223,7 @@ def load_clip_embedder(
     tag = pretrained if cfg else Path(pretrained).name
     return ImageEmbedder(
         visual, "clip", f"{model_name}/{tag}", size,
-        preprocess_cfg.get("mean", OPENAI_CLIP_MEAN), preprocess_cfg.get("std", OPENAI_CLIP_STD), calibrated=True,
+        preprocess_cfg.get("mean", OPENAI_CLIP_MEAN), preprocess_cfg.get("std", OPENAI_CLIP_STD), source="real",
     )
 
 
@@ -229,10 +251,10 @@ def load_dino_embedder(model_name: str | os.PathLike = DEFAULT_DINO_MODEL, local
             f"DINO metric backbone {source!r} is not available locally ({str(err).splitlines()[0]}). "
             f"Provide it as a local folder (save_pretrained layout) via dino_model (CLI: --dino-model DIR), or "
             f"pre-populate the Hugging Face cache on a machine with network access (`hf download {source}`) and copy "
-            f"it here (HF_HOME, now {_hf_home()}). For the embedded default only, random backbones can be requested "
-            "explicitly (random_weights=True / --random-backbones); their numbers are not DINO-I."
+            f"it here (HF_HOME, now {_hf_home()}). On the embedded default, use its own backbones "
+            "(metric_backbones='world', DINO-I (in-world)) or random ones (metric_backbones='random'); neither is DINO-I."
         ) from None
-    return ImageEmbedder(encoder, "dino", source, DINO_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD, calibrated=True)
+    return ImageEmbedder(encoder, "dino", source, DINO_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD, source="real")
 
 
 # --------------------------------------------------------------------------- random weights
@@ -256,7 +278,7 @@ def _build_seeded(build, generator: torch.Generator | None) -> nn.Module:
 
 def random_clip_embedder(model_name: str = DEFAULT_CLIP_MODEL, generator: torch.Generator | None = None) -> ImageEmbedder:
     """A tiny open_clip `VisionTransformer` (the class of CLIP's image tower)
-    with random weights, named "random-<model_name>-tiny"; uncalibrated."""
+    with random weights, named "random-<model_name>-tiny"; source "random"."""
     from open_clip.model import CLIPVisionCfg, _build_vision_tower
 
     cfg = CLIPVisionCfg(
@@ -264,14 +286,14 @@ def random_clip_embedder(model_name: str = DEFAULT_CLIP_MODEL, generator: torch.
     )
     encoder = _build_seeded(lambda: _build_vision_tower(_RANDOM_WIDTH, cfg), generator)
     return ImageEmbedder(
-        encoder, "clip", f"random-{model_name}-tiny", _RANDOM_IMAGE_SIZE, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, calibrated=False
+        encoder, "clip", f"random-{model_name}-tiny", _RANDOM_IMAGE_SIZE, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, source="random"
     )
 
 
 def random_dino_embedder(model_name: str | os.PathLike = DEFAULT_DINO_MODEL, generator: torch.Generator | None = None) -> ImageEmbedder:
     """A tiny transformers `ViTModel` (DINO) or `Dinov2Model` (when
     `model_name` names DINOv2) with random weights, named
-    "random-<model>-tiny"; uncalibrated."""
+    "random-<model>-tiny"; source "random"."""
     from transformers import Dinov2Config, Dinov2Model, ViTConfig, ViTModel
 
     short = Path(str(model_name)).name
@@ -285,25 +307,69 @@ def random_dino_embedder(model_name: str | os.PathLike = DEFAULT_DINO_MODEL, gen
         build = lambda: ViTModel(ViTConfig(intermediate_size=2 * _RANDOM_WIDTH, **shape), add_pooling_layer=False)  # noqa: E731
     encoder = _build_seeded(build, generator)
     return ImageEmbedder(
-        encoder, "dino", f"random-{short}-tiny", _RANDOM_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD, calibrated=False
+        encoder, "dino", f"random-{short}-tiny", _RANDOM_IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD, source="random"
     )
+
+
+# --------------------------------------------------------------------------- the embedded world's
+
+
+WORLD_CLIP_NAME = "world-clip-i"
+WORLD_DINO_NAME = "world-dino-i"
+
+
+def load_world_backbones(root=None) -> "MetricBackbones":
+    """The embedded world's CLIP-I and DINO-I backbones (`anydoor/world/`, hash-checked)."""
+    import json
+
+    from open_clip.model import CLIPVisionCfg, _build_vision_tower
+    from safetensors.torch import load_file
+    from transformers import ViTModel
+
+    from anydoor.world import METRIC_CLIP_DIR, METRIC_DINO_DIR, verified_folder
+
+    clip_dir = verified_folder(METRIC_CLIP_DIR, root)
+    config = json.loads((clip_dir / "vision_config.json").read_text())
+    vision = CLIPVisionCfg(**config["vision_cfg"])
+    tower = _build_vision_tower(config["embed_dim"], vision)
+    tower.load_state_dict(load_file(str(clip_dir / "model.safetensors")), strict=True)
+    dino = ViTModel.from_pretrained(verified_folder(METRIC_DINO_DIR, root), add_pooling_layer=False)
+    return MetricBackbones(
+        ImageEmbedder(tower, "clip", WORLD_CLIP_NAME, vision.image_size, config["mean"], config["std"], source="in-world"),
+        ImageEmbedder(dino, "dino", WORLD_DINO_NAME, dino.config.image_size, IMAGENET_MEAN, IMAGENET_STD,
+                      source="in-world"),
+    )
+
+
+def check_metric_backbones(metric_backbones: str) -> str:
+    """`metric_backbones` if it is one of `METRIC_BACKBONES` ("real", "world", "random"), else a ValueError."""
+    if metric_backbones not in METRIC_BACKBONES:
+        raise ValueError(
+            f"metric_backbones={metric_backbones!r} is not one of {', '.join(METRIC_BACKBONES)} "
+            "(real: downloaded CLIP/DINO weights; world: the embedded world's; random: random init)"
+        )
+    return metric_backbones
 
 
 def load_backbones(
     clip_model: str = DEFAULT_CLIP_MODEL,
     clip_pretrained: str | os.PathLike = DEFAULT_CLIP_PRETRAINED,
     dino_model: str | os.PathLike = DEFAULT_DINO_MODEL,
-    random_weights: bool = False,
+    metric_backbones: str = "real",
     local_files_only: bool | None = None,
     generator: torch.Generator | None = None,
 ) -> MetricBackbones:
     """Both metric backbones, once per run.
 
-    `random_weights=True` is the explicit opt-in to tiny random stand-ins
-    (the embedded default); it is never a silent fallback: without it,
-    missing weights raise `FileNotFoundError` saying how to provide them.
+    `metric_backbones`: "real" loads trained weights (missing ones raise
+    `FileNotFoundError` saying how to provide them; never a silent fallback),
+    "world" the embedded world's shipped backbones, "random" tiny random
+    stand-ins (the explicit opt-in; `generator` seeds them).
     """
-    if random_weights:
+    check_metric_backbones(metric_backbones)
+    if metric_backbones == "world":
+        return load_world_backbones()
+    if metric_backbones == "random":
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
         return MetricBackbones(random_clip_embedder(clip_model, generator), random_dino_embedder(dino_model, generator))
     return MetricBackbones(

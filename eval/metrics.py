@@ -15,8 +15,10 @@ accumulate per-sample values (``compute()`` gives their mean,
 ``compute_per_sample()`` all of them); the pure functions compute the
 per-sample values the runner writes into its rows.
 
-A similarity computed with a random (untrained) backbone is not CLIP-I or
-DINO-I: `metric_label` names it "uncalibrated" wherever it is shown.
+Where a similarity's backbone comes from is part of its name
+(`metric_label`): "CLIP-I" / "DINO-I" with the real backbones, "CLIP-I
+(in-world)" / "DINO-I (in-world)" with the embedded world's trained ones,
+"CLIP-sim (random-init)" / "DINO-sim (random-init)" with random weights.
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 from torchmetrics.utilities import dim_zero_cat
 
 METRIC_NAMES = ("clip_i", "dino_i", "psnr_mask", "ssim_mask", "diversity")
+_IDENTITY_LABELS = {
+    "clip_i": {"real": "CLIP-I", "in-world": "CLIP-I (in-world)", "random": "CLIP-sim (random-init)"},
+    "dino_i": {"real": "DINO-I", "in-world": "DINO-I (in-world)", "random": "DINO-sim (random-init)"},
+}
 _LABELS = {
-    "clip_i": ("CLIP-I", "CLIP-sim (uncalibrated: random backbone)"),
-    "dino_i": ("DINO-I", "DINO-sim (uncalibrated: random backbone)"),
-    "psnr_mask": ("PSNR in target mask (dB)",) * 2,
-    "ssim_mask": ("SSIM in target mask",) * 2,
-    "diversity": ("diversity (1 - SSIM across seeds)",) * 2,
+    "psnr_mask": "PSNR in target mask (dB)",
+    "ssim_mask": "SSIM in target mask",
+    "diversity": "diversity (1 - SSIM across seeds)",
 }
 # PSNR of identical regions (MSE 0) is capped rather than infinite, so means,
 # bootstraps and differences stay finite. 100 dB is an MSE of 1e-10 on [0, 1]
@@ -46,15 +50,17 @@ PSNR_CAP_DB = 100.0
 SSIM_MIN_SIDE = 6
 
 
-def metric_label(name: str, calibrated: bool) -> str:
-    """The name a table may show for metric `name`.
-
-    "CLIP-I" and "DINO-I" only when computed with trained (calibrated)
-    backbones; otherwise e.g. "CLIP-sim (uncalibrated: random backbone)".
-    """
-    if name not in _LABELS:
+def metric_label(name: str, source: str | None = None) -> str:
+    """The name a table may show for metric `name` computed with backbones of `source`
+    ("real", "in-world" or "random", `eval.backbones.METRIC_SOURCES`; ignored by the
+    backbone-free metrics). "CLIP-I" and "DINO-I" only for the real backbones."""
+    if name in _LABELS:
+        return _LABELS[name]
+    if name not in _IDENTITY_LABELS:
         raise ValueError(f"name={name!r} is not one of the metrics {', '.join(METRIC_NAMES)}")
-    return _LABELS[name][0 if calibrated else 1]
+    if source not in _IDENTITY_LABELS[name]:
+        raise ValueError(f"source={source!r} of {name} is not one of {', '.join(_IDENTITY_LABELS[name])}")
+    return _IDENTITY_LABELS[name][source]
 
 
 def _check_images(images, name: str) -> torch.Tensor:
@@ -185,20 +191,20 @@ class _EmbeddingSimilarity(_PerSampleMetric):
                 f"embedder must be a {self.family} ImageEmbedder (eval.backbones), got "
                 f"{getattr(embedder, 'name', type(embedder).__name__)!r} of family {getattr(embedder, 'family', None)!r}"
             )
-        if not embedder.calibrated and not allow_random:
+        if embedder.source == "random" and not allow_random:
             raise ValueError(
-                f"embedder {embedder.name!r} has random weights: its similarity is not {metric_label(self.metric, True)}. "
-                "Pass allow_random=True to use it anyway (the results are labelled uncalibrated)."
+                f"embedder {embedder.name!r} has random weights: its similarity is not {metric_label(self.metric, 'real')}. "
+                f"Pass allow_random=True to use it anyway (the results are labelled {metric_label(self.metric, 'random')!r})."
             )
         self.embedder = embedder.eval()
 
     @property
-    def calibrated(self) -> bool:
-        return bool(self.embedder.calibrated)
+    def source(self) -> str:
+        return self.embedder.source
 
     @property
     def label(self) -> str:
-        return metric_label(self.metric, self.calibrated)
+        return metric_label(self.metric, self.source)
 
     def update(self, generated: torch.Tensor, reference: torch.Tensor | None = None, *, reference_embeddings=None) -> None:
         """generated: (B, 3, H, W) generated regions in [0, 1]; reference: the
@@ -222,7 +228,7 @@ class CLIPImageSimilarity(_EmbeddingSimilarity):
             ViT-B-32 with OpenAI weights from the local cache
             (`eval.backbones.load_clip_embedder` for other models, e.g. ViT-H-14).
         allow_random: accept an embedder with random weights (the embedded
-            default); its numbers are labelled uncalibrated, never CLIP-I.
+            default); its numbers are labelled "CLIP-sim (random-init)", never CLIP-I.
     """
 
     family = "clip"

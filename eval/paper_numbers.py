@@ -2,9 +2,9 @@
 
 CLIP-score / DINO-score (x100) from the arXiv v1 tables, measured on the
 paper's DreamBooth-subjects x COCO-scenes benchmark (2,400 composites). A
-report shows them beside ours only for sweeps with real weights and
-calibrated metric backbones: the embedded default's tiny models and random
-backbones measure something else.
+report shows them beside ours only for sweeps with real weights scored with
+the real metric backbones: the embedded default's tiny models and its
+in-world or random backbones measure something else.
 
 Each table maps the arm names of our sweep specs (`sweeps/demo.yaml`) to
 the paper's rows; arms without a paper row (baselines, reference rows) have

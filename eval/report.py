@@ -10,8 +10,10 @@ paper-shaped table (mean and 95% bootstrap CI per metric) with the
 non-learned baselines and the untrained model as reference rows, the paired
 differences against the full method with Holm-corrected significance, and
 the paper's numbers (section 1b) beside ours only when the sweep used real
-weights with calibrated metric backbones (section 4: every report says which
-configuration produced it).
+weights scored with the real metric backbones (section 4: every report says
+which configuration produced it). A sweep scored with the embedded world's
+metric backbones shows their calibration table (`eval.calibration`, from the
+world manifest) in its header.
 """
 
 from __future__ import annotations
@@ -34,7 +36,14 @@ from eval.ablation import GROUND_TRUTH_METRICS, REFERENCE_ROWS, TABLE_METRICS, A
 from eval.paper_numbers import PAPER_TABLES, paper_scores, user_study_note
 from eval.sweeps import DONE, find_project_root
 
-UNCALIBRATED_BANNER = "CLIP/DINO similarities computed with random-weight backbones: not CLIP-I / DINO-I"
+UNCALIBRATED_BANNER = "CLIP/DINO similarities computed with random-init backbones: not CLIP-I / DINO-I"
+# How each metric source reads in the header and the summary line.
+METRIC_SOURCE_TEXT = {
+    "real": "real metric backbones (CLIP-I / DINO-I)",
+    "in-world": "the embedded world's trained metric backbones (CLIP-I / DINO-I (in-world); calibration below)",
+    "random": "random-init metric backbones (similarities, not CLIP-I / DINO-I)",
+    None: "no results yet",
+}
 # What the mask channel gets (the notebook's `shape_control`), and what that
 # means for the ground-truth metrics (docs/ARCHITECTURE.md, "What the
 # ground-truth metrics can say").
@@ -133,16 +142,19 @@ def _provenance(index: dict, sections: list[_Section]) -> dict:
         names = sorted(map(str, results[column].dropna().unique())) if column in results else []
         return ", ".join(names) or "unknown"
 
-    calibrated = bool(results["calibrated"].all()) if "calibrated" in results else None
+    sources = sorted(map(str, results["metric_source"].dropna().unique())) if "metric_source" in results else []
+    if len(sources) > 1:
+        raise ValueError(f"the sweep's runs were scored with metric backbones of several sources {sources}")
+    source = sources[0] if sources else None
     preset = index["parameters"].get("preset")
     return {
         "configuration": EMBEDDED_DEFAULT if preset == "tiny" else REAL_WEIGHTS,
         "preset": preset,
-        "calibrated": calibrated,
+        "metric_source": source,
         "clip_backbone": backbones("clip_backbone"),
         "dino_backbone": backbones("dino_backbone"),
         # The paper's numbers are comparable only to real weights scored by trained backbones.
-        "real_weights": preset not in (None, "tiny") and calibrated is True,
+        "real_weights": preset not in (None, "tiny") and source == "real",
     }
 
 
@@ -213,9 +225,7 @@ def _section_summary(section: _Section) -> list[str]:
 
 
 def _summary(index: dict, provenance: dict, sections: list[_Section]) -> str:
-    calibrated = {True: "calibrated metric backbones", False: "metrics uncalibrated (random-weight backbones)",
-                  None: "no results yet"}[provenance["calibrated"]]
-    lines = [f"sweep {index['name']}: {provenance['configuration']}; {calibrated}"]
+    lines = [f"sweep {index['name']}: {provenance['configuration']}; {METRIC_SOURCE_TEXT[provenance['metric_source']]}"]
     for section in sections:
         lines += _section_summary(section)
     return "\n".join(lines)
@@ -335,16 +345,14 @@ def _resolve(path: str, sweep_dir: Path) -> Path | None:
 def _header(doc: _Document, index: dict, provenance: dict, sweep_dir: Path) -> None:
     params = index["parameters"]
     doc.heading(f"Sweep report: {index['name']}", 1)
-    if provenance["calibrated"] is False:
+    if provenance["metric_source"] == "random":
         doc.banner(UNCALIBRATED_BANNER)
     if index.get("description"):
         doc.para(index["description"])
-    calibrated = {True: "yes", False: "NO (random weights: similarities, not CLIP-I / DINO-I)",
-                  None: "unknown (no results)"}[provenance["calibrated"]]
     items = [
         ("produced by", f"{provenance['configuration']}, preset {provenance['preset']!r}"),
         ("metric backbones", f"CLIP: {provenance['clip_backbone']}; DINO: {provenance['dino_backbone']}"),
-        ("metric backbones calibrated", calibrated),
+        ("metric source", METRIC_SOURCE_TEXT[provenance["metric_source"]]),
         ("benchmark", index["benchmark"]),
         ("sampling seeds", ", ".join(map(str, params.get("seeds", [])))),
         ("sampler steps", params.get("num_inference_steps")),
@@ -358,9 +366,36 @@ def _header(doc: _Document, index: dict, provenance: dict, sweep_dir: Path) -> N
         ("date", datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")),
     ]
     doc.table(pd.DataFrame(items, columns=["", "value"]).astype(str), index=False)
+    if provenance["metric_source"] == "in-world":
+        _world_calibration(doc)
     doc.heading("Shared parameters (the full method)", 3)
     doc.table(pd.DataFrame([(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in params.items()],
                            columns=["parameter", "value"]), index=False)
+
+
+def _world_calibration(doc: _Document) -> None:
+    """The in-world backbones' calibration table (from the shipped world manifest)."""
+    from anydoor.world import WorldModelError, load_manifest
+    from eval.calibration import retrieval_frame, sanity_frame, zero_shot_frame
+
+    doc.heading("Calibration of the in-world backbones", 3)
+    try:
+        calibration = load_manifest().get("calibration")
+    except WorldModelError as err:
+        doc.para(f"The world manifest cannot be read: {err}")
+        return
+    if not calibration:
+        doc.para("The world manifest holds no calibration (run `anydoor pretrain-world --only calibration`).")
+        return
+    doc.para(f"On {calibration['objects']} objects never trained on, each target turned by 30-150 degrees under "
+             "other lighting (anydoor/world/manifest.json). Instance retrieval: the target's object crop retrieves "
+             "its own reference among all; each backbone beside its random-init floor (the same network untrained).")
+    doc.table(retrieval_frame(calibration), index=False)
+    doc.para("Metric sanity: similarity x100 of the reference to its true target, to another object's target, and "
+             "to its true target blurred (sigma 3), paired over the objects.")
+    doc.table(sanity_frame(calibration), index=False)
+    doc.para("Zero-shot attribute accuracy from caption prompts:")
+    doc.table(zero_shot_frame(calibration), index=False)
 
 
 def _paper_columns(section: _Section, provenance: dict) -> tuple[pd.DataFrame, str | None]:
@@ -373,7 +408,8 @@ def _paper_columns(section: _Section, provenance: dict) -> tuple[pd.DataFrame, s
     title = PAPER_TABLES[key].title
     if not provenance["real_weights"]:
         return table, (f"The paper's numbers ({title}) are not shown: they are not comparable to the "
-                       f"{EMBEDDED_DEFAULT if provenance['preset'] == 'tiny' else 'uncalibrated metrics'} of this sweep.")
+                       f"{EMBEDDED_DEFAULT if provenance['preset'] == 'tiny' else METRIC_SOURCE_TEXT[provenance['metric_source']]} "
+                       "of this sweep.")
     table = table.copy()
     scores = [paper_scores(key, arm) for arm in table.index]
     table["paper CLIP-I"] = [f"{s[0]:.1f}" if s else "" for s in scores]

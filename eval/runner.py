@@ -13,7 +13,8 @@ Per row: ``pair_id``, ``seed``, ``arm``, the pipeline's configuration
 ``psnr_mask``, ``ssim_mask`` (NaN without a true target), ``diversity``
 (per pair: the mean pairwise 1 - SSIM of the generated boxes across the
 seeds, repeated in each row of that pair; NaN with one seed),
-``calibrated``, ``clip_backbone``, ``dino_backbone``, ``gen_seconds`` and
+``metric_source`` ("real", "in-world" or "random": where the CLIP/DINO backbones
+come from), ``clip_backbone``, ``dino_backbone``, ``gen_seconds`` and
 ``metric_seconds`` (per row: the batch's time divided by its rows), and
 any ``extra_columns`` (e.g. ``train_seed``).
 """
@@ -34,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from anydoor.data.datasets import BenchmarkSet
-from eval.backbones import ImageEmbedder, MetricBackbones, load_backbones
+from eval.backbones import METRIC_BACKBONES, ImageEmbedder, MetricBackbones, check_metric_backbones, load_backbones
 from eval.crops import copy_paste, generated_region, reference_region, square_tensor
 from eval.metrics import diversity, embed_similarity, image_to_tensor, masked_psnr, masked_ssim
 from eval.stats import stable_seed
@@ -74,16 +75,25 @@ def _as_benchmark(benchmark) -> BenchmarkSet:
     raise TypeError(f"benchmark must be a BenchmarkSet or a folder path, got {type(benchmark).__name__}")
 
 
-def _backbones(backbones: MetricBackbones | None, random_backbones: bool) -> MetricBackbones:
+def resolve_metric_backbones(metric_backbones: str | None, random_backbones: bool = False, default: str = "real") -> str:
+    """The `metric_backbones` option ("real", "world", "random"); `random_backbones=True` is
+    the older spelling of "random" (the two may not disagree); None takes `default`."""
+    if random_backbones:
+        if metric_backbones not in (None, "random"):
+            raise ValueError(f"random_backbones=True contradicts metric_backbones={metric_backbones!r}")
+        return "random"
+    return check_metric_backbones(default if metric_backbones is None else metric_backbones)
+
+
+def _backbones(backbones: MetricBackbones | None, metric_backbones: str) -> MetricBackbones:
     if backbones is None:
-        return load_backbones(random_weights=random_backbones)
+        return load_backbones(metric_backbones=metric_backbones)
     if not isinstance(backbones, MetricBackbones):
         raise TypeError(f"backbones must be eval.backbones.MetricBackbones, got {type(backbones).__name__}")
-    if not backbones.calibrated and not random_backbones:
-        names = [e.name for e in (backbones.clip, backbones.dino) if not e.calibrated]
+    if backbones.source != METRIC_BACKBONES[metric_backbones]:
         raise ValueError(
-            f"backbones {names} have random weights: pass random_backbones=True to evaluate with them "
-            "(the rows are then marked calibrated=False and never reported as CLIP-I / DINO-I)"
+            f"the given backbones are {backbones.source} ({backbones.clip.name}, {backbones.dino.name}) but "
+            f"metric_backbones={metric_backbones!r}: pass the option that names them"
         )
     return backbones
 
@@ -145,7 +155,7 @@ def _run(
     arm: str,
     config: dict,
     backbones: MetricBackbones | None,
-    random_backbones: bool,
+    metric_backbones: str,
     batch_size: int,
     save_images: str | PathLike | None,
     progress: bool,
@@ -159,14 +169,14 @@ def _run(
     clash = sorted(set(extra) & {"pair_id", "seed", "arm", *config})
     if clash:
         raise ValueError(f"extra_columns {clash} would overwrite the runner's own columns")
-    backbones = _backbones(backbones, random_backbones)
+    backbones = _backbones(backbones, metric_backbones)
     metrics = _Metrics(backbones)
     out_dir = None
     if save_images is not None:
         out_dir = Path(save_images)
         out_dir.mkdir(parents=True, exist_ok=True)
     provenance = {
-        "calibrated": backbones.calibrated,
+        "metric_source": backbones.source,
         "clip_backbone": backbones.clip.name,
         "dino_backbone": backbones.dino.name,
     }
@@ -218,6 +228,13 @@ def _run(
     return frame
 
 
+def default_metric_backbones(pipeline) -> str:
+    """"world" for a pipeline of the embedded default (the tiny preset's image size), "real" otherwise."""
+    from anydoor.presets import TINY_IMAGE_SIZE
+
+    return "world" if int(pipeline.config.image_size) == TINY_IMAGE_SIZE else "real"
+
+
 def _id_extractor_name(extractor) -> str:
     from anydoor.models.id_extractors import CLIPIDExtractor, DINOv2IDExtractor
 
@@ -237,6 +254,7 @@ def evaluate(
     *,
     arm: str = "anydoor",
     backbones: MetricBackbones | None = None,
+    metric_backbones: str | None = None,
     random_backbones: bool = False,
     batch_size: int = 4,
     save_images: str | PathLike | None = None,
@@ -254,10 +272,12 @@ def evaluate(
         num_inference_steps, guidance_scale: the sampler's (released: 50, 5.0).
         arm: the arm's name in the ``arm`` column.
         backbones: the metric backbones (`eval.backbones.load_backbones`), to
-            share across arms; None loads the defaults (trained weights, or
-            random ones with `random_backbones`).
-        random_backbones: the explicit opt-in to random metric backbones
-            (the embedded default); rows then say ``calibrated=False``.
+            share across arms; None loads those `metric_backbones` names.
+        metric_backbones: "real" (downloaded CLIP/DINO weights), "world"
+            (the embedded world's shipped backbones) or "random" (random
+            init); None: "world" for a pipeline of the tiny preset (64 px),
+            "real" otherwise. Rows record it as ``metric_source``.
+        random_backbones: the older spelling of ``metric_backbones="random"``.
         batch_size: (pair, seed) images per pipeline call; results do not
             depend on it (one generator per image).
         save_images: a folder for ``<pair>_seed<seed>.png`` (composite) and
@@ -270,6 +290,7 @@ def evaluate(
         one row per (pair, seed), columns as in the module docstring.
     """
     pipeline.set_progress_bar_config(disable=True)
+    metric_backbones = resolve_metric_backbones(metric_backbones, random_backbones, default_metric_backbones(pipeline))
     config = {
         "detail_map": pipeline.config.detail_map,
         "id_extractor": _id_extractor_name(pipeline.id_extractor),
@@ -294,7 +315,7 @@ def evaluate(
         # "np" composites are the uint8 composites / 255: rounding recovers them exactly.
         return [np.round(image * 255.0).astype(np.uint8) for image in output.images]
 
-    return _run(compose, benchmark, seeds, arm, config, backbones, random_backbones, batch_size, save_images, progress, extra_columns)
+    return _run(compose, benchmark, seeds, arm, config, backbones, metric_backbones, batch_size, save_images, progress, extra_columns)
 
 
 def evaluate_baseline(
@@ -303,6 +324,7 @@ def evaluate_baseline(
     seeds: Sequence[int] = (0,),
     *,
     backbones: MetricBackbones | None = None,
+    metric_backbones: str | None = None,
     random_backbones: bool = False,
     save_images: str | PathLike | None = None,
     progress: bool = True,
@@ -314,17 +336,20 @@ def evaluate_baseline(
     reference resized into the placement box (`eval.crops.copy_paste`).
     Both are deterministic; they still get one row per seed so that paired
     comparisons match them row for row (their diversity is 0). The arm is
-    named `name`; the pipeline columns are None.
+    named `name`; the pipeline columns are None. `metric_backbones` defaults
+    to the given `backbones`' source, else "real".
     """
     if name not in BASELINES:
         raise ValueError(f"name={name!r} is not a baseline; choose one of {', '.join(BASELINES)}")
     config = {"detail_map": None, "id_extractor": None, "remove_background": None, "steps": None, "guidance": None,
               "shape_control": None}
+    given = None if backbones is None else {v: k for k, v in METRIC_BACKBONES.items()}[backbones.source]
+    metric_backbones = resolve_metric_backbones(metric_backbones, random_backbones, given or "real")
 
     def compose(items: list[dict], seeds_: list[int]) -> list[np.ndarray]:
         return [_BASELINE_COMPOSITES[name](item) for item in items]
 
-    return _run(compose, benchmark, seeds, name, config, backbones, random_backbones, 16, save_images, progress, extra_columns)
+    return _run(compose, benchmark, seeds, name, config, backbones, metric_backbones, 16, save_images, progress, extra_columns)
 
 
 def write_results(results: pd.DataFrame, out: str | PathLike, seed: int = 0) -> tuple[Path, Path]:

@@ -208,16 +208,19 @@ def _metrics(df: pd.DataFrame, metrics) -> list[str]:
 _BACKBONE_COLUMN = {"clip_i": "clip_backbone", "dino_i": "dino_backbone"}
 
 
-def _provenance(rows: pd.DataFrame, metric: str, where: str) -> tuple[bool, str | None]:
-    """(calibrated, backbone) of a metric over rows; mixing backbones is refused."""
+def _provenance(rows: pd.DataFrame, metric: str, where: str) -> tuple[str | None, str | None]:
+    """(metric_source, backbone) of a metric over rows (None, None for the backbone-free metrics);
+    mixing backbones or sources is refused. Rows without a source column count as random."""
     column = _BACKBONE_COLUMN.get(metric)
     if column is None:
-        return True, None
+        return None, None
     backbones = rows[column].dropna().unique() if column in rows.columns else []
     if len(backbones) > 1:
         raise ValueError(f"{where}: {metric} was computed with several backbones {sorted(backbones)}; one table, one backbone")
-    calibrated = bool(rows["calibrated"].all()) if "calibrated" in rows.columns else False
-    return calibrated, (backbones[0] if len(backbones) else None)
+    sources = rows["metric_source"].dropna().unique() if "metric_source" in rows.columns else ["random"]
+    if len(sources) > 1:
+        raise ValueError(f"{where}: {metric} was computed with backbones of several sources {sorted(sources)}")
+    return (sources[0] if len(sources) else "random"), (backbones[0] if len(backbones) else None)
 
 
 def _resampling_units(rows: pd.DataFrame) -> list[np.ndarray] | None:
@@ -252,8 +255,8 @@ def summarize(
     are dropped; a metric with no value in a group gives no row.
 
     Returns one row per (group, metric): the `by` columns, ``metric``,
-    ``label`` (`metric_label`: "CLIP-I" only for calibrated backbones),
-    ``calibrated`` (trained backbones for CLIP/DINO; always True for the
+    ``label`` (`metric_label`: "CLIP-I" only for the real backbones),
+    ``metric_source`` ("real", "in-world" or "random" for CLIP/DINO; None for the
     backbone-free PSNR, SSIM and diversity), ``backbone``, ``mean``, ``std`` (ddof 1), ``n`` (rows),
     ``n_pairs``, ``ci_low``, ``ci_high``, ``level``.
     """
@@ -267,15 +270,15 @@ def summarize(
             rows = group[group[metric].notna()]
             if rows.empty:
                 continue
-            calibrated, backbone = _provenance(rows, metric, f"group {dict(zip(columns, key))}")
+            source, backbone = _provenance(rows, metric, f"group {dict(zip(columns, key))}")
             values = rows[metric].to_numpy(dtype=np.float64)
             rng = np.random.default_rng(stable_seed(seed, *key, metric))
             low, high = bootstrap_ci(values, rng, n_boot, level, clusters=_resampling_units(rows))
             records.append({
                 **dict(zip(columns, key)),
                 "metric": metric,
-                "label": metric_label(metric, calibrated),
-                "calibrated": calibrated,
+                "label": metric_label(metric, source),
+                "metric_source": source,
                 "backbone": backbone,
                 "mean": float(values.mean()),
                 "std": float(values.std(ddof=1)) if values.size > 1 else float("nan"),
@@ -353,7 +356,7 @@ def compare(
         for arm in arms:
             arm_rows = df[df[by] == arm]
             merged = _paired(arm_rows, ref_rows, metric, arm, reference_arm)
-            calibrated, _ = _provenance(pd.concat([arm_rows, ref_rows]), metric, f"arm {arm!r} vs {reference_arm!r}")
+            source, _ = _provenance(pd.concat([arm_rows, ref_rows]), metric, f"arm {arm!r} vs {reference_arm!r}")
             d = merged["difference"].to_numpy(dtype=np.float64)
             rng = np.random.default_rng(stable_seed(seed, arm, reference_arm, metric))
             low, high = bootstrap_ci(d, rng, n_boot, level, clusters=_resampling_units(merged))
@@ -361,7 +364,7 @@ def compare(
                 "arm": arm,
                 "reference": reference_arm,
                 "metric": metric,
-                "label": metric_label(metric, calibrated),
+                "label": metric_label(metric, source),
                 "n": int(d.size),
                 "n_pairs": int(merged["pair_id"].nunique()),
                 "mean_diff": float(d.mean()),

@@ -125,6 +125,11 @@ class SweepSpec:
         params["benchmark"] = self.benchmark
         if train_seed is not None:
             params["train_seed"] = train_seed
+        if params.get("preset") == "tiny":
+            # The embedded world's shipped models are an input of every tiny run: new ones, new run ids.
+            from anydoor.world import manifest_sha256
+
+            params["world_models"] = manifest_sha256()
         return params
 
     def arm_runs(self, ablation: str, arm: str) -> list[dict]:

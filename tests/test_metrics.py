@@ -33,7 +33,7 @@ from eval.metrics import (
 
 @pytest.fixture(scope="module")
 def backbones():
-    return load_backbones(random_weights=True)
+    return load_backbones(metric_backbones="random")
 
 
 def _images(seed: int, n: int = 3, size: int = 48) -> torch.Tensor:
@@ -43,10 +43,15 @@ def _images(seed: int, n: int = 3, size: int = 48) -> torch.Tensor:
 # --------------------------------------------------------------------------- labels
 
 
-def test_metric_label_only_calls_calibrated_numbers_clip_i():
-    assert metric_label("clip_i", True) == "CLIP-I" and metric_label("dino_i", True) == "DINO-I"
-    assert "CLIP-I" not in metric_label("clip_i", False) and "uncalibrated" in metric_label("clip_i", False)
-    assert "DINO-I" not in metric_label("dino_i", False)
+def test_metric_label_names_where_the_backbones_come_from():
+    assert metric_label("clip_i", "real") == "CLIP-I" and metric_label("dino_i", "real") == "DINO-I"
+    assert metric_label("clip_i", "in-world") == "CLIP-I (in-world)"
+    assert metric_label("dino_i", "in-world") == "DINO-I (in-world)"
+    assert metric_label("clip_i", "random") == "CLIP-sim (random-init)"
+    assert metric_label("dino_i", "random") == "DINO-sim (random-init)"
+    assert metric_label("psnr_mask") == metric_label("psnr_mask", "random") == "PSNR in target mask (dB)"
+    with pytest.raises(ValueError, match="source='calibrated'"):
+        metric_label("clip_i", "calibrated")
     with pytest.raises(ValueError, match="name='lpips'"):
         metric_label("lpips", True)
 
@@ -91,7 +96,7 @@ def test_similarity_metric_identical_100_different_lower(backbones, metric_cls, 
     metric.reset()
     metric.update(a, reference_embeddings=embedder(b))
     torch.testing.assert_close(metric.compute_per_sample(), per_sample[3:])
-    assert not metric.calibrated and metric.label.endswith("(uncalibrated: random backbone)")
+    assert metric.source == "random" and metric.label == f"{family.upper()}-sim (random-init)"
 
 
 def test_similarity_metric_refuses_random_backbone_and_wrong_family(backbones):
@@ -207,13 +212,13 @@ def test_random_backbones_are_seeded_named_and_leave_global_rng_alone():
     x = _images(0, n=2, size=64)
     torch.testing.assert_close(a(x), b(x))
     assert not torch.allclose(a(x), c(x))
-    assert a.name == "random-ViT-B-32-tiny" and not a.calibrated and a.family == "clip"
+    assert a.name == "random-ViT-B-32-tiny" and a.source == "random" and a.family == "clip"
     assert random_dino_embedder("facebook/dinov2-small").name == "random-dinov2-small-tiny"
     assert type(random_dino_embedder("facebook/dinov2-small").encoder).__name__ == "Dinov2Model"
 
 
 def test_missing_weights_raise_a_clear_error():
-    with pytest.raises(FileNotFoundError, match=r"ViT-B-32 \(pretrained='openai'\).*local weights file.*--random-backbones"):
+    with pytest.raises(FileNotFoundError, match=r"ViT-B-32 \(pretrained='openai'\).*local weights file.*metric_backbones='world'"):
         load_clip_embedder(local_files_only=True)
     with pytest.raises(FileNotFoundError, match=r"'facebook/dino-vits16'.*hf download facebook/dino-vits16"):
         load_dino_embedder(local_files_only=True)
@@ -239,7 +244,7 @@ def test_trained_weights_load_from_local_files(tmp_path):
     model = open_clip.create_model("Tiny-Eval-CLIP").eval()
     torch.save(model.state_dict(), tmp_path / "tiny_clip.pt")
     clip = load_clip_embedder("Tiny-Eval-CLIP", tmp_path / "tiny_clip.pt")
-    assert clip.calibrated and clip.name == "Tiny-Eval-CLIP/tiny_clip.pt" and clip.image_size == 32
+    assert clip.source == "real" and clip.name == "Tiny-Eval-CLIP/tiny_clip.pt" and clip.image_size == 32
     x = _images(0, n=2, size=32)
     with torch.no_grad():
         expected = model.encode_image((x - clip.mean) / clip.std, normalize=True)
@@ -250,7 +255,7 @@ def test_trained_weights_load_from_local_files(tmp_path):
                              image_size=224, patch_size=32), add_pooling_layer=False).eval()
     vit.save_pretrained(tmp_path / "tiny_dino")
     dino = load_dino_embedder(tmp_path / "tiny_dino")
-    assert isinstance(dino, ImageEmbedder) and dino.calibrated and dino.family == "dino"
+    assert isinstance(dino, ImageEmbedder) and dino.source == "real" and dino.family == "dino"
     y = _images(1, n=2, size=224)
     with torch.no_grad():
         cls = vit(pixel_values=(y - dino.mean) / dino.std).last_hidden_state[:, 0]

@@ -49,7 +49,12 @@ def benchmark(tmp_path_factory) -> Path:
     return root / "benchmark"
 
 
-def _rows(arm: str, pair_ids: list[str], psnr: float, calibrated: bool, rng: np.random.Generator) -> pd.DataFrame:
+BACKBONE_NAMES = {"real": ("ViT-B-32/openai", "facebook/dino-vits16"), "in-world": ("world-clip-i", "world-dino-i"),
+                  "random": ("random-ViT-B-32-tiny", "random-dino-vits16-tiny")}
+OPTION = {"real": "real", "in-world": "world", "random": "random"}
+
+
+def _rows(arm: str, pair_ids: list[str], psnr: float, source: str, rng: np.random.Generator) -> pd.DataFrame:
     n = len(pair_ids) * len(SEEDS)
     noise = rng.normal(0.0, 0.1, n)
     return pd.DataFrame({
@@ -61,9 +66,9 @@ def _rows(arm: str, pair_ids: list[str], psnr: float, calibrated: bool, rng: np.
         "psnr_mask": psnr + noise,
         "ssim_mask": psnr / 40.0 + noise / 40.0,
         "diversity": 0.1 + noise / 100.0,
-        "calibrated": calibrated,
-        "clip_backbone": "ViT-B-32/openai" if calibrated else "random-ViT-B-32-tiny",
-        "dino_backbone": "facebook/dino-vits16" if calibrated else "random-dino-vits16-tiny",
+        "metric_source": source,
+        "clip_backbone": BACKBONE_NAMES[source][0],
+        "dino_backbone": BACKBONE_NAMES[source][1],
         "gen_seconds": 0.1,
         "metric_seconds": 0.01,
     })
@@ -74,14 +79,14 @@ def _png(path: Path, value: int) -> None:
     PIL.Image.fromarray(np.full((16, 16, 3), value, np.uint8)).save(path)
 
 
-def make_sweep(folder: Path, benchmark: Path, preset: str = "tiny", calibrated: bool = False,
+def make_sweep(folder: Path, benchmark: Path, preset: str = "tiny", source: str = "random",
                planted: dict | None = None, notebooks: bool = True, wandb: bool = True,
                ablations: tuple[str, ...] = tuple(ABLATIONS), extra_parameters: dict | None = None) -> Path:
     """A finished sweep folder as `anydoor sweep` and the notebooks leave it."""
     psnr = dict(PSNR, **(planted or {}))
     parameters = {"preset": preset, "id_extractor": "dinov2", "detail_map": "hf", "max_steps": 20,
                   "train_seed": 0, "seeds": SEEDS, "num_inference_steps": 2, "guidance_scale": 5.0,
-                  "random_backbones": not calibrated, **(extra_parameters or {})}
+                  "metric_backbones": OPTION[source], **(extra_parameters or {})}
     folder.mkdir(parents=True)
     raw = {"name": "mini", "description": "test sweep", "benchmark": str(benchmark), "parameters": parameters,
            "ablations": {a: ABLATIONS[a] for a in ablations}}
@@ -95,7 +100,7 @@ def make_sweep(folder: Path, benchmark: Path, preset: str = "tiny", calibrated: 
         run_dir = folder / "runs" / run.run_id
         planted_arm = PLANTED[run.members[0][1]]
         run_dir.mkdir(parents=True)
-        rows = _rows(run.run_id, pair_ids, psnr[planted_arm], calibrated, rng)
+        rows = _rows(run.run_id, pair_ids, psnr[planted_arm], source, rng)
         rows.assign(train_seed=0).to_parquet(run_dir / "results.parquet")
         if run.params["max_steps"]:
             steps = np.arange(0, 20, 2)
@@ -105,7 +110,7 @@ def make_sweep(folder: Path, benchmark: Path, preset: str = "tiny", calibrated: 
         for pair in pair_ids[:1]:
             _png(run_dir / "samples" / f"{pair}_seed0.png", 40 * n)
         (run_dir / "DONE").write_text(json.dumps({"finished": f"2025-01-0{n + 1}T00:00:00", "seconds": 1.0}))
-    baselines = pd.concat([_rows(b, pair_ids, psnr[b], calibrated, rng) for b in ("scene", "copy_paste")])
+    baselines = pd.concat([_rows(b, pair_ids, psnr[b], source, rng) for b in ("scene", "copy_paste")])
     (folder / "baselines").mkdir()
     baselines.to_parquet(folder / "baselines" / "results.parquet")
     _png(folder / "baselines" / "scene" / f"{pair_ids[0]}_seed0.png", 200)
@@ -137,7 +142,8 @@ def test_tiny_report_has_tables_cis_figures_links_and_the_banner(tiny_report):
         assert "embedded default (tiny models, synthetic data)" in text
         assert PLACEMENT[False] in text  # the sweep sets no shape_control: box placement, said in the header
         assert "random-ViT-B-32-tiny" in text
-        assert "CLIP-sim (uncalibrated: random backbone)" in text  # never labelled CLIP-I
+        assert "CLIP-sim (random-init)" in text  # never labelled CLIP-I
+        assert "Calibration of the in-world backbones" not in text
         assert "paper CLIP-I" not in text and "82.1" not in text  # not comparable to the tiny models
         assert "are not comparable to the embedded default" in text
         # Table rows: arms, reference rows and baselines, "mean [low, high]" cells.
@@ -167,7 +173,7 @@ def test_tiny_report_has_tables_cis_figures_links_and_the_banner(tiny_report):
 
 
 def test_real_weight_report_shows_the_papers_columns(tmp_path, benchmark):
-    sweep = make_sweep(tmp_path / "sweep", benchmark, preset="base", calibrated=True, notebooks=False, wandb=False,
+    sweep = make_sweep(tmp_path / "sweep", benchmark, preset="base", source="real", notebooks=False, wandb=False,
                        ablations=("id_extractor", "detail_map"), extra_parameters={"shape_control": True})
     index = render_report(sweep, tmp_path / "report")
     assert index == tmp_path / "report" / "index.html"
@@ -184,6 +190,21 @@ def test_real_weight_report_shows_the_papers_columns(tmp_path, benchmark):
     assert rows["scene"].rstrip().endswith("|  |  |")  # no paper numbers for a baseline
     assert "user study" in md
     assert "No offline W&B run folders" in md
+
+
+def test_in_world_report_labels_and_shows_the_calibration(tmp_path, benchmark):
+    from anydoor.world import load_manifest
+
+    sweep = make_sweep(tmp_path / "sweep", benchmark, source="in-world", notebooks=False, wandb=False,
+                       ablations=("id_extractor",))
+    render_report(sweep, tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert UNCALIBRATED_BANNER not in md
+    assert "CLIP-I (in-world)" in md and "DINO-I (in-world)" in md and "| CLIP-I |" not in md
+    assert "Calibration of the in-world backbones" in md and "random-init floor" in md
+    top1 = load_manifest()["calibration"]["retrieval"]["dinov2"]["top1"]["mean"]
+    assert f"{top1:.2f} [" in md  # the manifest's numbers, not recomputed
+    assert "paper CLIP-I" not in md  # the paper's numbers are for real weights and backbones only
 
 
 def _verdicts(text: str, ablation: str) -> dict[str, str]:
@@ -215,7 +236,8 @@ def test_cli_report_prints_the_index_and_the_summary(tiny_report, tmp_path, caps
     _, out, printed, code = tiny_report
     assert code == 0
     assert printed[0] == str(out / "index.html")
-    assert printed[1] == "sweep mini: embedded default (tiny models, synthetic data); metrics uncalibrated (random-weight backbones)"
+    assert printed[1] == ("sweep mini: embedded default (tiny models, synthetic data); "
+                          "random-init metric backbones (similarities, not CLIP-I / DINO-I)")
     assert "Summary" in (out / "report.md").read_text() and printed[1] in (out / "report.md").read_text()
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert "sweep_dir" in capsys.readouterr().err

@@ -35,13 +35,13 @@ def pipe():
 
 @pytest.fixture(scope="module")
 def backbones():
-    return load_backbones(random_weights=True)
+    return load_backbones(metric_backbones="random")
 
 
 @pytest.fixture(scope="module")
 def results(pipe, benchmark, backbones, tmp_path_factory):
     images = tmp_path_factory.mktemp("images")
-    df = evaluate(pipe, benchmark, SEEDS, STEPS, 5.0, arm="tiny", backbones=backbones, random_backbones=True,
+    df = evaluate(pipe, benchmark, SEEDS, STEPS, 5.0, arm="tiny", backbones=backbones, random_backbones=True,  # the older spelling
                   batch_size=3, save_images=images, progress=False, extra_columns={"train_seed": 0})
     return df, images
 
@@ -52,7 +52,7 @@ def test_rows_columns_and_provenance(results):
     assert (df.arm == "tiny").all() and (df.train_seed == 0).all()
     assert (df.detail_map == "hf").all() and (df.id_extractor == "dinov2").all() and df.remove_background.all()
     assert (df.steps == STEPS).all() and (df.guidance == 5.0).all()
-    assert not df.calibrated.any()
+    assert (df.metric_source == "random").all()
     assert (df.clip_backbone == "random-ViT-B-32-tiny").all() and (df.dino_backbone == "random-dino-vits16-tiny").all()
     assert np.isfinite(df[METRICS].to_numpy()).all()
     assert (df.gen_seconds > 0).all() and (df.metric_seconds > 0).all()
@@ -62,11 +62,11 @@ def test_rows_columns_and_provenance(results):
 
 def test_shape_control_is_recorded(results, pipe, benchmark, backbones):
     df, _ = results
-    shaped = evaluate(pipe, benchmark, SEEDS, STEPS, 5.0, arm="tiny", backbones=backbones, random_backbones=True,
+    shaped = evaluate(pipe, benchmark, SEEDS, STEPS, 5.0, arm="tiny", backbones=backbones, metric_backbones="random",
                       progress=False, shape_control=True)
     assert (~df.shape_control.astype(bool)).all() and shaped.shape_control.astype(bool).all()
     assert list(shaped.pair_id) == list(df.pair_id) and np.isfinite(shaped[METRICS].to_numpy()).all()
-    baselines = evaluate_baseline("scene", benchmark, SEEDS, backbones=backbones, random_backbones=True, progress=False)
+    baselines = evaluate_baseline("scene", benchmark, SEEDS, backbones=backbones, metric_backbones="random", progress=False)
     assert baselines.shape_control.isna().all()  # a baseline has no mask channel
 
 
@@ -75,7 +75,7 @@ def test_batching_does_not_change_results(results, pipe, benchmark, backbones, t
     apart (batch-size-dependent BLAS paths), which moves a metric by ~1e-5 of its value;
     a batching bug (noise or inputs of another image) changes the images outright."""
     df, images = results
-    single = evaluate(pipe, benchmark, SEEDS, STEPS, 5.0, arm="tiny", backbones=backbones, random_backbones=True,
+    single = evaluate(pipe, benchmark, SEEDS, STEPS, 5.0, arm="tiny", backbones=backbones, metric_backbones="random",
                       batch_size=1, save_images=tmp_path, progress=False)
     for path in sorted(images.glob("pair*_seed?.png")):
         batched, alone = (np.asarray(PIL.Image.open(p), dtype=np.int16) for p in (path, tmp_path / path.name))
@@ -100,9 +100,9 @@ def test_common_random_numbers_and_saved_images(results, pipe, benchmark):
 
 
 def test_baselines_through_the_same_runner(benchmark, backbones, tmp_path):
-    scene = evaluate_baseline("scene", benchmark, SEEDS, backbones=backbones, random_backbones=True,
+    scene = evaluate_baseline("scene", benchmark, SEEDS, backbones=backbones, metric_backbones="random",
                               save_images=tmp_path, progress=False)
-    paste = evaluate_baseline("copy_paste", benchmark, SEEDS, backbones=backbones, random_backbones=True, progress=False)
+    paste = evaluate_baseline("copy_paste", benchmark, SEEDS, backbones=backbones, metric_backbones="random", progress=False)
     for df, arm in ((scene, "scene"), (paste, "copy_paste")):
         assert len(df) == 4 and (df.arm == arm).all() and df.detail_map.isna().all()
         np.testing.assert_allclose(df.diversity, 0.0, atol=1e-6)  # deterministic: every seed the same
@@ -114,19 +114,32 @@ def test_baselines_through_the_same_runner(benchmark, backbones, tmp_path):
     # the pasted reference is closer to the reference than the empty scene is
     assert paste.dino_i.mean() > scene.dino_i.mean()
     with pytest.raises(ValueError, match="name='blur' is not a baseline"):
-        evaluate_baseline("blur", benchmark, SEEDS, backbones=backbones, random_backbones=True)
+        evaluate_baseline("blur", benchmark, SEEDS, backbones=backbones, metric_backbones="random")
 
 
-def test_random_backbones_refused_unless_allowed(pipe, benchmark, backbones, monkeypatch):
-    with pytest.raises(ValueError, match="random weights: pass random_backbones=True"):
+def test_metric_backbones_must_name_the_given_backbones(pipe, benchmark, backbones, monkeypatch):
+    # A tiny pipeline defaults to the in-world backbones: random ones must be asked for by name.
+    with pytest.raises(ValueError, match="given backbones are random.*metric_backbones='world'"):
         evaluate(pipe, benchmark, SEEDS, STEPS, backbones=backbones, progress=False)
-    with pytest.raises(ValueError, match="random weights: pass random_backbones=True"):
-        evaluate_baseline("scene", benchmark, SEEDS, backbones=backbones, progress=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no weights here: the default backbones cannot load
+    with pytest.raises(ValueError, match="random_backbones=True contradicts metric_backbones='real'"):
+        evaluate(pipe, benchmark, SEEDS, STEPS, backbones=backbones, metric_backbones="real", random_backbones=True)
+    with pytest.raises(ValueError, match="metric_backbones='calibrated' is not one of real, world, random"):
+        evaluate_baseline("scene", benchmark, SEEDS, metric_backbones="calibrated", progress=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no weights here: the real backbones cannot load
     with pytest.raises(FileNotFoundError, match="ViT-B-32"):
         evaluate_baseline("scene", benchmark, SEEDS, progress=False)
     with pytest.raises(ValueError, match="seeds has duplicates"):
-        evaluate_baseline("scene", benchmark, [0, 0], backbones=backbones, random_backbones=True)
+        evaluate_baseline("scene", benchmark, [0, 0], backbones=backbones, metric_backbones="random")
+
+
+def test_world_backbones_flow_from_rows_to_labels(benchmark):
+    from eval.stats import summarize
+
+    rows = evaluate_baseline("copy_paste", benchmark, SEEDS, metric_backbones="world", progress=False)
+    assert (rows.metric_source == "in-world").all()
+    assert (rows.clip_backbone == "world-clip-i").all() and (rows.dino_backbone == "world-dino-i").all()
+    labels = dict(zip(*summarize(rows)[["metric", "label"]].to_numpy().T))
+    assert labels["clip_i"] == "CLIP-I (in-world)" and labels["dino_i"] == "DINO-I (in-world)"
 
 
 def test_cli_writes_results_and_summary(pipe, benchmark, tmp_path, monkeypatch, capsys):
@@ -137,15 +150,15 @@ def test_cli_writes_results_and_summary(pipe, benchmark, tmp_path, monkeypatch, 
     assert main(argv + ["--random-backbones"]) == 0
     results = pd.read_parquet(out / "results.parquet")
     assert len(results) == 12 and sorted(results.arm.unique()) == ["arm-a", "copy_paste", "scene"]
-    assert not results.calibrated.any()
+    assert (results.metric_source == "random").all()
     summary = pd.read_csv(out / "summary.csv")
     assert {"arm", "metric", "label", "mean", "std", "n", "ci_low", "ci_high"} <= set(summary.columns)
     assert set(summary.arm) == {"arm-a", "copy_paste", "scene"}
     clip_rows = summary[summary.metric == "clip_i"]
-    assert len(clip_rows) == 3 and (clip_rows.label == "CLIP-sim (uncalibrated: random backbone)").all()
+    assert len(clip_rows) == 3 and (clip_rows.label == "CLIP-sim (random-init)").all()
     assert not summary.label.isin(["CLIP-I", "DINO-I"]).any()
-    # without the opt-in and without weights: a one-line error naming the backbone, exit status 2
+    # the real backbones without weights: a one-line error naming the backbone, exit status 2
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     capsys.readouterr()
-    assert main(argv + ["--out", str(tmp_path / "out2")]) == 2  # the last --out wins
+    assert main(argv + ["--metric-backbones", "real", "--out", str(tmp_path / "out2")]) == 2  # the last --out wins
     assert "ViT-B-32" in capsys.readouterr().err

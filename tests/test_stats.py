@@ -98,7 +98,7 @@ def _planted_frame(n_pairs: int = 20, seeds=(0, 1)) -> pd.DataFrame:
                 ("same", base + rng.normal(0.0, 1.0)),  # null: no difference
             ):
                 rows.append({"pair_id": f"p{p}", "seed": s, "arm": arm, "clip_i": value,
-                             "calibrated": True, "clip_backbone": "ViT-B-32/openai"})
+                             "metric_source": "real", "clip_backbone": "ViT-B-32/openai"})
     return pd.DataFrame(rows)
 
 
@@ -146,7 +146,7 @@ def test_summarize_statistics_and_labels():
         "seed": [0, 1] * 4,
         "clip_i": [1.0, 2.0, 3.0, 4.0, 10.0, 10.0, 10.0, 10.0],
         "psnr_mask": [np.nan] * 4 + [20.0, 22.0, 24.0, 26.0],
-        "calibrated": False,
+        "metric_source": "random",
         "clip_backbone": "random-ViT-B-32-tiny",
     })
     table = summarize(df, by="arm", metrics=["clip_i", "psnr_mask"])
@@ -156,7 +156,13 @@ def test_summarize_statistics_and_labels():
     assert a["n"] == 4 and a["n_pairs"] == 2 and a.ci_low <= 2.5 <= a.ci_high
     # resampling the two pairs: the mean of p0 (1.5) and of p1 (3.5) bound the interval
     assert 1.5 <= a.ci_low and a.ci_high <= 3.5
-    assert a.label == "CLIP-sim (uncalibrated: random backbone)" and not a.calibrated
+    assert a.label == "CLIP-sim (random-init)" and a.metric_source == "random"
+    psnr = table[(table.arm == "b") & (table.metric == "psnr_mask")].iloc[0]
+    assert psnr.label == "PSNR in target mask (dB)" and pd.isna(psnr.metric_source)
+    in_world = summarize(df.assign(metric_source="in-world"), by="arm", metrics=["clip_i"])
+    assert (in_world.label == "CLIP-I (in-world)").all()
+    with pytest.raises(ValueError, match="several sources"):
+        summarize(df.assign(metric_source=["real", "in-world"] * 4), by="arm", metrics=["clip_i"])
     assert a.backbone == "random-ViT-B-32-tiny"
     assert summarize(df, by="arm").equals(summarize(df, by="arm"))
     mixed = df.assign(clip_backbone=["x", "y"] * 4)

@@ -40,7 +40,9 @@ class DataSourceConfig:
 class ModelConfig:
     preset: str = "tiny"  # "tiny": the embedded default (random init); "base": SD2.1-base + ID backbone
     stable_diffusion: str = "stabilityai/stable-diffusion-2-1-base"  # base: Hub id or folder (epsilon prediction)
-    id_backbone: str = "facebook/dinov2-giant"  # base: DINOv2 id/folder, or the open_clip model name for "clip"
+    # base: DINOv2 id/folder, or the open_clip model name for "clip" (None: facebook/dinov2-giant);
+    # tiny: "world" (the shipped in-world backbone, frozen) or "random" (None: world)
+    id_backbone: str | None = None
     clip_pretrained: str | None = None  # base + "clip": open_clip weights file or tag
     local_files_only: bool | None = None  # base: None = only local/cache when HF_HUB_OFFLINE is set
     id_extractor: str = "dinov2"  # "dinov2" | "dinov2-global" | "clip" (paper Table 4)
@@ -192,6 +194,14 @@ def validate_config(config: TrainConfig) -> TrainConfig:
     _check_choice("model.preset", model.preset, PRESETS)
     _check_choice("model.id_extractor", model.id_extractor, ID_EXTRACTOR_NAMES)
     _check_choice("model.detail_map", model.detail_map, DETAIL_MAP_NAMES)
+    if model.id_backbone is None:
+        default = "facebook/dinov2-giant" if model.preset == "base" else "world"
+        model = dataclasses.replace(model, id_backbone=default)
+        config = dataclasses.replace(config, model=model)
+    if model.preset == "tiny":
+        from anydoor.presets import ID_BACKBONES
+
+        _check_choice("model.id_backbone", model.id_backbone, ID_BACKBONES)
     if model.trainable is None:
         model = dataclasses.replace(model, trainable="released" if model.preset == "base" else "full_unet")
         config = dataclasses.replace(config, model=model)

@@ -123,7 +123,8 @@ def _build_components(config: TrainConfig) -> dict:
             UNet2DConditionModel, model.base_unet, "model.base_unet", "UNet",
             "pretrain one with `anydoor train-base --data DIR --vae DIR --out DIR`",
         )
-        return tiny_components(seed=config.seed, id_extractor=model.id_extractor, vae=vae, unet=unet)
+        return tiny_components(seed=config.seed, id_extractor=model.id_extractor, vae=vae, unet=unet,
+                               id_backbone=model.id_backbone)
     projector_generator = torch.Generator().manual_seed(config.seed)
     pipe = AnyDoorPipeline.from_base_models(
         stable_diffusion=model.stable_diffusion,
