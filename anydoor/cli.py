@@ -177,7 +177,10 @@ def _compose(sub: argparse._SubParsersAction) -> None:
                 raise ValueError(f"--box must be four integers x0,y0,x1,y1, got {args.box!r}")
         # Files are read here, by the library's one rule for mask files, so errors name the file.
         if args.object_mask is None:
-            obj, object_mask = load_rgba_object(args.object)
+            try:
+                obj, object_mask = load_rgba_object(args.object)
+            except ValueError as err:
+                raise ValueError(f"{err} (--object without --object-mask needs an alpha channel)") from None
         else:
             with PIL.Image.open(args.object) as image:
                 obj = as_rgb_uint8(image, name=f"--object {str(args.object)!r}")

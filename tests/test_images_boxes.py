@@ -369,7 +369,7 @@ def test_load_mask_file_roles_and_errors(tmp_path):
     with pytest.raises(ValueError, match="full.png' has every pixel set: a scene mask must leave some scene"):
         load_mask_file(full, role="scene")
     empty = _write(tmp_path / "empty.png", PIL.Image.fromarray(np.full((6, 8), 128, np.uint8)))
-    with pytest.raises(ValueError, match="empty.png' is empty: no pixel is set .a L mask's pixel is in when"):
+    with pytest.raises(ValueError, match="empty.png' is empty: no pixel is set .mode L: a pixel is in when a colour channel is above 128"):
         load_mask_file(empty)
     few = np.zeros((6, 8), np.uint8)
     few[1:4, 1:4] = 255

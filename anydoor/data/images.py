@@ -195,8 +195,8 @@ def as_soft_mask(mask, name: str = "mask", shape: tuple[int, int] | None = None)
 def _rule(mode: str) -> str:
     """How a mask of this PIL mode is read, for error messages."""
     if mode in ("P", "PA"):
-        return "a palette mask's pixel is in when its index is not 0"
-    return f"a {mode} mask's pixel is in when a colour channel is above {MASK_THRESHOLD}"
+        return f"mode {mode} (palette): a pixel is in when its index is not 0"
+    return f"mode {mode}: a pixel is in when a colour channel is above {MASK_THRESHOLD}"
 
 
 def _pil_mask_pixels(image: PIL.Image.Image, name: str) -> np.ndarray:
@@ -303,7 +303,7 @@ def load_rgba_object(path_or_image) -> tuple[np.ndarray, np.ndarray]:
     released reading (float images are scaled to 0..255 first). Images without alpha
     are refused: the object's extent would be a guess.
     """
-    name = "path_or_image"
+    name = f"object file {str(path_or_image)!r}" if isinstance(path_or_image, (str, PathLike)) else "path_or_image"
     if isinstance(path_or_image, (str, PathLike)):
         with PIL.Image.open(path_or_image) as image:
             image.load()
