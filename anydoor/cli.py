@@ -140,11 +140,18 @@ def _evaluate(sub: argparse._SubParsersAction) -> None:
 def _compose(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compose", help="put an object into a scene with a pipeline folder")
     p.add_argument("--pipeline", required=True, type=Path, help="AnyDoorPipeline folder (trained or converted)")
-    p.add_argument("--object", required=True, type=Path, help="object image (an RGBA's alpha is its mask)")
-    p.add_argument("--object-mask", type=Path, default=None, help="object mask (needed for RGB objects)")
+    p.add_argument("--object", required=True, type=Path, help="object image (an RGBA's alpha > 128 is its mask)")
+    p.add_argument(
+        "--object-mask", type=Path, default=None,
+        help="object mask file (needed for RGB objects): L, RGB or RGBA (in: a colour channel > 128) or palette "
+        "(in: index != 0), PNG or JPEG; all set = the whole image is the object",
+    )
     p.add_argument("--scene", required=True, type=Path, help="scene image")
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--scene-mask", type=Path, help="where the object goes: a mask (its shape guides the silhouette)")
+    where.add_argument(
+        "--scene-mask", type=Path,
+        help="where the object goes: a mask file, read like --object-mask (its box places the object)",
+    )
     where.add_argument("--box", help="where the object goes: x0,y0,x1,y1 in scene pixels")
     p.add_argument("--out", required=True, type=Path, help="output composite (PNG)")
     p.add_argument("--steps", type=int, default=50, help="sampler steps (released: 50)")
@@ -157,6 +164,7 @@ def _compose(sub: argparse._SubParsersAction) -> None:
         import torch
 
         from anydoor import AnyDoorPipeline
+        from anydoor.data.images import as_rgb_uint8, load_mask_file, load_rgba_object
 
         for name in ("pipeline", "object", "scene", "object_mask", "scene_mask"):
             path = getattr(args, name)
@@ -170,13 +178,27 @@ def _compose(sub: argparse._SubParsersAction) -> None:
                 box = ()
             if len(box) != 4:
                 raise ValueError(f"--box must be four integers x0,y0,x1,y1, got {args.box!r}")
+        # Files are read here, by the library's one rule for mask files, so errors name the file.
+        if args.object_mask is None:
+            try:
+                obj, object_mask = load_rgba_object(args.object)
+            except ValueError as err:
+                raise ValueError(f"{err} (--object without --object-mask needs an alpha channel)") from None
+        else:
+            with PIL.Image.open(args.object) as image:
+                obj = as_rgb_uint8(image, name=f"--object {str(args.object)!r}")
+            object_mask = load_mask_file(args.object_mask, role="object", shape=obj.shape[:2])
+        with PIL.Image.open(args.scene) as image:
+            scene = as_rgb_uint8(image, name=f"--scene {str(args.scene)!r}")
+        scene_mask = None
+        if args.scene_mask is not None:
+            scene_mask = load_mask_file(args.scene_mask, role="scene", shape=scene.shape[:2])
         pipe = AnyDoorPipeline.from_pretrained(args.pipeline).to(args.device)
-        obj = PIL.Image.open(args.object)
         out = pipe(
             object_image=obj,
-            object_mask=None if args.object_mask is None else PIL.Image.open(args.object_mask),
-            scene_image=PIL.Image.open(args.scene).convert("RGB"),
-            scene_mask=None if args.scene_mask is None else PIL.Image.open(args.scene_mask),
+            object_mask=object_mask,
+            scene_image=scene,
+            scene_mask=scene_mask,
             scene_box=box,
             num_inference_steps=args.steps,
             guidance_scale=args.guidance,

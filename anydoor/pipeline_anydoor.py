@@ -25,7 +25,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from anydoor.data.detail_maps import DETAIL_MAP_NAMES
-from anydoor.data.images import as_binary_mask, as_rgb_uint8
+from anydoor.data.images import as_binary_mask, as_rgb_uint8, load_rgba_object
 from anydoor.data.pairs import AnyDoorSample, PairConfig, paste_back, prepare_inference_inputs
 from anydoor.models.denoiser import detail_residuals, detail_residuals_for_timesteps, predict_noise
 
@@ -251,21 +251,16 @@ class AnyDoorPipeline(DiffusionPipeline):
 
     @staticmethod
     def _object_and_mask(object_image, object_mask, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """An RGBA object's alpha is its mask when no mask is given."""
+        """An RGBA object's alpha (> 128, the released reading) is its mask when no mask is given."""
         if object_mask is not None:
             return as_rgb_uint8(object_image, name=f"object_image[{index}]"), object_mask
-        if isinstance(object_image, (str, Path)):
-            object_image = PIL.Image.open(object_image)
-        if isinstance(object_image, PIL.Image.Image) and object_image.mode in ("RGBA", "LA"):
-            array = np.asarray(object_image.convert("RGBA"))
-        else:
-            array = np.asarray(object_image) if not torch.is_tensor(object_image) else None
-        if array is None or array.ndim != 3 or array.shape[-1] != 4:
-            raise ValueError(
-                f"object_mask[{index}] is missing and object_image[{index}] has no alpha channel: "
-                "pass an RGBA object or an explicit object_mask"
-            )
-        return as_rgb_uint8(array[..., :3], name=f"object_image[{index}]"), array[..., 3] >= 128
+        try:
+            return load_rgba_object(object_image)
+        except (ValueError, TypeError) as err:
+            raise type(err)(
+                f"object_mask[{index}] is missing and object_image[{index}] gives no mask: {err} "
+                "(pass an RGBA object or an explicit object_mask)"
+            ) from None
 
     def _numpy_rng(self, generator: torch.Generator | None) -> np.random.Generator | None:
         """The noise/shuffle detail maps draw from the caller's generator (DESIGN.md)."""

@@ -424,6 +424,39 @@ def test_dreambooth_layout_errors(tmp_path):
         DreamBoothEvalSet(tmp_path / "empty")
 
 
+def test_dreambooth_reads_masks_as_users_have_them(tmp_path):
+    # The released examples: RGBA objects with soft alpha, RGB scene masks; also JPEG and palette masks.
+    root = write_dreambooth(tmp_path)
+    rng = np.random.default_rng(5)
+    soft = _rgba_object(rng)
+    soft[5:35, 5, 3] = 128  # a soft left edge: alpha > 128 is the object, 128 is not
+    _save(root / "objects" / "cat.png", soft)
+    mask = np.zeros((50, 60), np.uint8)
+    mask[16:32, 16:40] = 255  # on the 8 px JPEG grid
+    _save(root / "scenes" / "00_mask.png", np.dstack([mask] * 3))  # RGB
+    PIL.Image.fromarray(mask).save(root / "scenes" / "01_mask.png", format="JPEG")  # a JPEG with a .png name
+    _save_palette(root / "scenes" / "02_mask.png", (mask > 0).astype(np.uint8))
+    ds = DreamBoothEvalSet(root)
+    for i in range(3):
+        item = ds[i]
+        np.testing.assert_array_equal(item["scene_mask"], mask > 0)
+    assert item["object_mask"].sum() == 30 * 19 and not item["object_mask"][5:35, 5].any()
+
+
+def test_evaluation_sets_name_the_mask_file_that_is_wrong(tmp_path):
+    root = write_dreambooth(tmp_path / "db")
+    _save(root / "scenes" / "01_mask.png", np.full((50, 60), 255, np.uint8))
+    with pytest.raises(ValueError, match="01_mask.png' has every pixel set"):
+        DreamBoothEvalSet(root)[1]
+    bench, _ = write_benchmark(tmp_path / "b")
+    _save(bench / "masks" / "p1.png", np.zeros((40, 44), np.uint8))
+    with pytest.raises(ValueError, match="masks/p1.png' is empty: no pixel is set"):
+        BenchmarkSet(bench)[1]
+    _save(bench / "target_masks" / "p0.png", np.zeros((40, 44), np.uint8))
+    with pytest.raises(ValueError, match="target_masks/p0.png' is empty"):
+        BenchmarkSet(bench)[0]
+
+
 def test_benchmark_items_round_trip(tmp_path):
     root, arrays = write_benchmark(tmp_path)
     ds = BenchmarkSet(root)

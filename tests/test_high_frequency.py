@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pytest
 
@@ -30,7 +31,8 @@ def _reference_hf(image: np.ndarray, mask: np.ndarray, threshold: int = 50) -> n
     ax, ay = np.clip(np.round(np.abs(gx)), 0, 255), np.clip(np.round(np.abs(gy)), 0, 255)
     edges = np.clip(np.round(0.5 * ax + 0.5 * ay), 0, 255).max(axis=2) * eroded
     edges[edges < threshold] = 0
-    return (image * (edges[:, :, None] / 255.0)).astype(np.uint8)
+    # (map / 255) * image in float32, in the released order of operations: truncation agrees to the level.
+    return (edges.astype(np.float32)[:, :, None] / 255 * image.astype(np.float32)).astype(np.uint8)
 
 
 def test_flat_object_has_empty_map():
@@ -75,6 +77,41 @@ def test_matches_numpy_reference_on_random_texture():
     mask = np.zeros((256, 256), bool)
     mask[30:250, 0:180] = True  # touches the left border
     np.testing.assert_array_equal(high_frequency_map(image, mask), _reference_hf(image, mask))
+
+
+def test_grey_mask_is_read_as_mask_over_255_above_half():
+    # The reference mask is grey at its edge (0/255 resized bilinearly); the
+    # released code reads mask / 255 > 0.5. At 256 px the resize is the identity,
+    # so a 153 (0.6) half counts as inside and a 102 (0.4) half as outside.
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    grey = np.zeros((256, 256), np.uint8)
+    grey[40:216, 40:128] = 153
+    grey[40:216, 128:216] = 102
+    inside = np.zeros((256, 256), bool)
+    inside[40:216, 40:128] = True
+    out = high_frequency_map(image, grey)
+    np.testing.assert_array_equal(out, high_frequency_map(image, inside))
+    np.testing.assert_array_equal(out, _reference_hf(image, inside))
+    assert out[44:212, 44:124].any() and not out[:, 124:].any()
+    # a float mask in [0, 1] is the same mask
+    np.testing.assert_array_equal(high_frequency_map(image, grey / 255.0), out)
+
+
+def test_mask_is_resized_bilinearly_to_256():
+    # 768 -> 256 bilinear reads input column 3x + 1 for output column x (pixel
+    # centres); nearest neighbour would read 3x. Grey 100 with one white column
+    # at 316 -> white column 105 at 256 px; a mask from column 301 -> starts at
+    # column 100 (nearest: 101), eroded by 4 px -> 104. Sobel lights columns 104
+    # and 106: 0.5 * 255 -> 128, detail int(100 * 128 / 255) = 50; column 104
+    # is lit only because the mask was resized bilinearly.
+    image = np.full((768, 768, 3), 100, np.uint8)
+    image[:, 316] = 255
+    mask = np.zeros((768, 768), bool)
+    mask[:, 301:] = True
+    expected = np.zeros((256, 256, 3), np.uint8)
+    expected[:, [104, 106]] = 50
+    np.testing.assert_array_equal(high_frequency_map(image, mask), cv2.resize(expected, (768, 768)))
 
 
 @pytest.mark.parametrize("hw", [(100, 300), (224, 224), (513, 97)])

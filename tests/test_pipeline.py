@@ -382,6 +382,56 @@ def test_compose_cli_writes_a_composite(pipe, tmp_path):
     assert main(bad_box) == 2  # a one-line error, not a traceback
 
 
+def test_compose_cli_reads_mask_files_as_users_have_them(pipe, tmp_path, capsys):
+    # RGB (the released examples' scene masks), RGBA and palette mask files of the rectangle
+    # (30, 20, 60, 50) place the object exactly as --box 30,20,60,50 does: same composite, same seed.
+    import PIL.Image
+
+    from anydoor.cli import main
+
+    pipe.save_pretrained(tmp_path / "pipe")
+    inputs = get_dummy_inputs()
+    rgba = np.dstack([inputs["object_image"], inputs["object_mask"].astype(np.uint8) * 255])
+    PIL.Image.fromarray(rgba).save(tmp_path / "object.png")
+    PIL.Image.fromarray(inputs["object_image"]).save(tmp_path / "object_rgb.png")
+    PIL.Image.fromarray(np.dstack([inputs["object_mask"].astype(np.uint8) * 255] * 3)).save(tmp_path / "object_mask.png")
+    PIL.Image.fromarray(inputs["scene_image"]).save(tmp_path / "scene.png")
+    rectangle = np.zeros((80, 96), np.uint8)
+    rectangle[20:50, 30:60] = 1
+    PIL.Image.fromarray(np.dstack([rectangle * 255] * 3)).save(tmp_path / "rgb.png")
+    PIL.Image.fromarray(np.dstack([rectangle * 200] * 3 + [np.full((80, 96), 255, np.uint8)])).save(tmp_path / "rgba.png")
+    palette = PIL.Image.frombytes("P", (96, 80), rectangle.tobytes())
+    palette.putpalette([0, 0, 0, 0, 0, 0] + [0] * 762)  # index 1 drawn black: the index counts, not the colour
+    palette.save(tmp_path / "palette.png")
+
+    def compose(out, *where, obj=("--object", "object.png")):
+        args = ["compose", "--pipeline", str(tmp_path / "pipe"), obj[0], str(tmp_path / obj[1]), *obj[2:],
+                "--scene", str(tmp_path / "scene.png"), *where, "--steps", "1", "--out", str(tmp_path / out)]
+        return main([a if not a.endswith(".png") or a.startswith("/") else str(tmp_path / a) for a in args])
+
+    assert compose("box.png", "--box", "30,20,60,50") == 0
+    expected = np.asarray(PIL.Image.open(tmp_path / "box.png"))
+    rgb_object = ("--object", "object_rgb.png", "--object-mask", "object_mask.png")  # an RGB object mask file
+    for name, obj in (("rgb.png", rgb_object), ("rgba.png", ("--object", "object.png")), ("palette.png", rgb_object)):
+        assert compose(f"out_{name}", "--scene-mask", name, obj=obj) == 0
+        np.testing.assert_array_equal(np.asarray(PIL.Image.open(tmp_path / f"out_{name}")), expected)
+
+    capsys.readouterr()
+    PIL.Image.fromarray(np.full((80, 96), 255, np.uint8)).save(tmp_path / "white.png")
+    assert compose("x.png", "--scene-mask", "white.png") == 2
+    assert "white.png' has every pixel set" in capsys.readouterr().err
+    PIL.Image.fromarray(np.zeros((80, 96), np.uint8)).save(tmp_path / "black.png")
+    assert compose("x.png", "--scene-mask", "black.png") == 2
+    assert "black.png' is empty: no pixel is set" in capsys.readouterr().err
+    dots = np.zeros((80, 96), np.uint8)
+    dots[5:8, 5:8] = 255
+    PIL.Image.fromarray(dots).save(tmp_path / "dots.png")
+    assert compose("x.png", "--scene-mask", "dots.png") == 2
+    assert "dots.png' has only 9 pixel(s) set, fewer than 10" in capsys.readouterr().err
+    assert compose("x.png", "--box", "30,20,60,50", obj=("--object", "object_rgb.png")) == 2
+    assert "no alpha" in capsys.readouterr().err
+
+
 def test_step_callback_sees_and_can_replace_the_latents(pipe):
     seen = []
 

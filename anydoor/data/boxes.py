@@ -2,6 +2,13 @@
 
 Boxes are `(x0, y0, x1, y1)` integer tuples, half-open: the box covers
 `image[y0:y1, x0:x1]`. Sizes are `(H, W)` tuples, as numpy shapes.
+
+Two families live here. `mask_box`, `expand_box` and `square_box` are exact
+geometry: the box contains the mask, expanding never loses a pixel; metrics,
+evaluation crops and mask perturbation rely on that. The `released_*`
+functions reproduce the released AnyDoor code's rules to the pixel
+(DESIGN.md 1d), quirks included: pair preparation uses them, so a converted
+released checkpoint sees the inputs it was trained on.
 """
 
 from __future__ import annotations
@@ -107,7 +114,11 @@ def box_mask(box, image_hw) -> np.ndarray:
 
 
 def pad_to_square(image: np.ndarray, pad_value) -> tuple[np.ndarray, tuple[int, int]]:
-    """Pad an HxW or HxWxC array to a centred square; returns (padded, (top, left))."""
+    """Pad an HxW or HxWxC array to a centred square; returns (padded, (top, left)).
+
+    The split is the released `pad_to_square` (random=False, DESIGN.md 1d):
+    `int(pad / 2)` before, the rest after.
+    """
     h, w = image.shape[:2]
     if h == 0 or w == 0:
         raise ValueError(f"cannot pad an empty image of shape {image.shape} to a square")
@@ -117,3 +128,114 @@ def pad_to_square(image: np.ndarray, pad_value) -> tuple[np.ndarray, tuple[int, 
     padded[...] = pad_value
     padded[top : top + h, left : left + w] = image
     return padded, (top, left)
+
+
+# ---------------------------------------------------------------- the released rules (DESIGN.md 1d)
+
+MIN_MASK_PIXELS = 10  # released get_bbox_from_mask: fewer pixels set and it takes the whole image
+
+
+def released_ratio(ratio_range, rng: np.random.Generator) -> float:
+    """The released ratio draw `randint(10 * lo, 10 * hi) / 10` (expand_bbox, the reference padding).
+
+    A multiple of 0.1 in [lo, hi), hi excluded: (1.1, 1.2) always gives 1.1,
+    (1.3, 3.0) one of 1.3, ..., 2.9. `lo == hi` pins the ratio to lo without a draw.
+    """
+    lo, hi = (round(10 * float(v)) for v in ratio_range)
+    if lo == hi:
+        return lo / 10
+    if lo > hi:
+        raise ValueError(f"ratio_range must be (lo, hi) with lo <= hi, got {tuple(ratio_range)!r}")
+    return int(rng.integers(lo, hi)) / 10  # k / 10: the same double as the released randint(...) / 10
+
+
+def released_mask_box(mask: np.ndarray, name: str = "mask") -> Box:
+    """The box the released code takes of a bool HxW mask (get_bbox_from_mask, DESIGN.md 1d).
+
+    Returns `(x1, y1, x2, y2)` with x1/x2 the first and *last* column holding
+    a pixel, y1/y2 the same for rows. Read half-open, as the released code
+    slices it (`image[y1:y2, x1:x2]`), it leaves out the mask's last row and
+    column; `released_expand_box` reads it as inclusive. The released code
+    takes the whole image for a mask with fewer than `MIN_MASK_PIXELS`
+    pixels; here that is an error (a mask that small is a mistake, not an
+    object), and so is a mask one pixel tall or wide (its box would be empty).
+    """
+    count = int(np.count_nonzero(mask))
+    if count < MIN_MASK_PIXELS:
+        raise ValueError(
+            f"{name} has {count} pixel(s) set, fewer than {MIN_MASK_PIXELS}: too small to place or crop an "
+            "object (the released code would silently take the whole image)"
+        )
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    box = int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])
+    if box[2] == box[0] or box[3] == box[1]:
+        raise ValueError(
+            f"{name} is one pixel {'wide' if box[2] == box[0] else 'tall'} (columns {box[0]}..{box[2]}, rows "
+            f"{box[1]}..{box[3]}): its released box, which leaves out the last row and column, would be empty"
+        )
+    return box
+
+
+def released_expand_box(box, ratio: float, image_hw) -> Box:
+    """Expand a box about its centre by `ratio`, the released way (expand_bbox, DESIGN.md 1d), clipped.
+
+    The input is read as the released inclusive box: sides `x2 - x1 + 1`,
+    `y2 - y1 + 1`, centre `0.5 * (x1 + x2)`. New corners are
+    `int(centre -/+ ratio * side / 2)` (truncation toward zero), clipped to
+    [0, W] and [0, H]; the result is read half-open. Applied to its own
+    output (the crop around the target box) it again counts one pixel more
+    per side, as the released code does.
+    """
+    x1, y1, x2, y2 = (int(v) for v in box)
+    if x2 < x1 or y2 < y1:
+        raise ValueError(f"box {tuple(box)!r} is reversed: need x1 <= x2 and y1 <= y2")
+    if not ratio > 0:
+        raise ValueError(f"ratio must be positive, got {ratio!r}")
+    h_img, w_img = _check_hw(image_hw)
+    xc, yc = 0.5 * (x1 + x2), 0.5 * (y1 + y2)
+    h, w = ratio * (y2 - y1 + 1), ratio * (x2 - x1 + 1)
+    expanded = (
+        max(0, int(xc - w * 0.5)),
+        max(0, int(yc - h * 0.5)),
+        min(w_img, int(xc + w * 0.5)),
+        min(h_img, int(yc + h * 0.5)),
+    )
+    return check_box(expanded, "expanded box")
+
+
+def released_square_box(box, image_hw) -> Box:
+    """Square a (clipped) box around its centre, the released way (box2squre, DESIGN.md 1d), clipped.
+
+    `cx = (x1 + x2) // 2`, `cy = (y1 + y2) // 2`; the shorter side becomes
+    `centre -/+ longer // 2` (so an odd longer side loses a pixel), then the
+    box is clipped to the image again. Near a border the result is not
+    square; `pad_to_square` squares the crop.
+    """
+    x1, y1, x2, y2 = check_box(box)
+    h_img, w_img = _check_hw(image_hw)
+    cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
+    h, w = y2 - y1, x2 - x1
+    if h >= w:
+        x1, x2 = cx - h // 2, cx + h // 2
+    else:
+        y1, y2 = cy - w // 2, cy + w // 2
+    return check_box((max(0, x1), max(0, y1), min(w_img, x2), min(h_img, y2)), "squared box")
+
+
+def pad_by_ratio(image: np.ndarray, ratio: float, pad_value) -> np.ndarray:
+    """Centre an HxW(xC) array on a canvas `ratio` times its size (the released expand_image_mask).
+
+    Canvas `int(h * ratio)` x `int(w * ratio)` (truncated); `(H - h) // 2`
+    rows on top and the rest below, the same for columns (DESIGN.md 1d: the
+    reference's padding, image 255, mask 0).
+    """
+    if not ratio >= 1.0:
+        raise ValueError(f"ratio must be >= 1, got {ratio!r}")
+    h, w = image.shape[:2]
+    out_h, out_w = int(h * ratio), int(w * ratio)
+    top, left = (out_h - h) // 2, (out_w - w) // 2
+    out = np.empty((out_h, out_w) + image.shape[2:], dtype=image.dtype)
+    out[...] = pad_value
+    out[top : top + h, left : left + w] = image
+    return out

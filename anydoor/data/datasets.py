@@ -37,7 +37,7 @@ import numpy as np
 import PIL.Image
 from torch.utils.data import Dataset
 
-from anydoor.data.images import as_binary_mask, as_rgb_uint8, load_rgba_object
+from anydoor.data.images import as_rgb_uint8, load_mask_file, load_rgba_object, read_label_map
 from anydoor.data.pairs import KINDS, PairConfig, PairRejected, prepare_training_pair, sample_to_tensors
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -65,33 +65,6 @@ def read_rgb(path: Path) -> np.ndarray:
     with PIL.Image.open(path) as image:
         image.load()
         return as_rgb_uint8(image, name=str(path))
-
-
-def read_label_map(path: Path) -> np.ndarray:
-    """An annotation PNG as an HxW integer array of object ids (0 = background).
-
-    Palette ('P') PNGs give their indices (the YouTube-VOS / DAVIS / MOSE
-    convention); grayscale gives its values; RGB is accepted only when its
-    channels are equal (a grayscale mask saved as RGB).
-    """
-    with PIL.Image.open(path) as image:
-        image.load()
-        mode = image.mode
-        if mode == "1":
-            image = image.convert("L")
-        array = np.asarray(image)
-    if mode in ("RGB", "RGBA"):
-        rgb = array[..., :3]
-        if not (rgb == rgb[..., :1]).all():
-            raise ValueError(
-                f"mask {str(path)!r} is a colour ({mode}) image; expected a palette or grayscale PNG of object ids"
-            )
-        array = rgb[..., 0]
-    if array.ndim != 2:
-        raise ValueError(
-            f"mask {str(path)!r} has mode {mode} and shape {array.shape}; expected a palette or grayscale PNG"
-        )
-    return array
 
 
 def _check_same_size(image: np.ndarray, mask: np.ndarray, image_path: Path, mask_path: Path) -> None:
@@ -433,10 +406,11 @@ class MixtureDataset(Dataset):
 class DreamBoothEvalSet(Dataset):
     """Every (object, scene) pair of the released code's DreamBooth evaluation layout.
 
-    Objects: RGBA PNGs (alpha = mask) in ``root/<objects_dir>``; scenes:
+    Objects: RGBA PNGs (alpha > 128 = mask) in ``root/<objects_dir>``; scenes:
     ``<name>_GT.png`` (the scene image, despite the name) with
-    ``<name>_mask.png`` (where to place the object) in ``root/<scenes_dir>``.
-    The released examples call these folders ``FG`` and ``BG``. There is no
+    ``<name>_mask.png`` (where to place the object; any mask file
+    `load_mask_file` reads, e.g. the released examples' RGB PNGs) in
+    ``root/<scenes_dir>``. The released examples call these folders ``FG`` and ``BG``. There is no
     true target. Items: dict(object_image, object_mask, scene_image,
     scene_mask, pair_id), objects outer, scenes inner.
     """
@@ -476,7 +450,7 @@ class DreamBoothEvalSet(Dataset):
         name, scene_path, mask_path = self.scenes[int(i) % len(self.scenes)]
         object_image, object_mask = load_rgba_object(obj_path)
         scene_image = read_rgb(scene_path)
-        scene_mask = as_binary_mask(read_label_map(mask_path), name=str(mask_path), shape=scene_image.shape[:2])
+        scene_mask = load_mask_file(mask_path, role="scene", shape=scene_image.shape[:2])
         return {
             "pair_id": f"{obj_path.stem}__{name}",
             "object_image": object_image,
@@ -499,9 +473,10 @@ class BenchmarkPair:
 class BenchmarkSet(Dataset):
     """Evaluation pairs listed in ``root/pairs.jsonl``, one JSON object per line.
 
-    Keys: ``pair_id``, ``reference`` (RGBA PNG, alpha = mask), ``scene``,
+    Keys: ``pair_id``, ``reference`` (RGBA PNG, alpha > 128 = mask), ``scene``,
     ``placement_mask``, optional ``target`` and ``target_mask`` (paths
-    relative to root). Items: dict(pair_id, object_image, object_mask,
+    relative to root; masks are read by `load_mask_file`: L, RGB, RGBA or
+    palette, PNG or JPEG). Items: dict(pair_id, object_image, object_mask,
     scene_image, scene_mask, target_image or None, target_mask or None).
     Every listed file is checked at construction.
     """
@@ -565,7 +540,7 @@ class BenchmarkSet(Dataset):
         object_image, object_mask = load_rgba_object(pair.reference)
         scene_image = read_rgb(pair.scene)
         shape = scene_image.shape[:2]
-        scene_mask = as_binary_mask(read_label_map(pair.placement_mask), name=str(pair.placement_mask), shape=shape)
+        scene_mask = load_mask_file(pair.placement_mask, role="scene", shape=shape)
         target_image = target_mask = None
         if pair.target is not None:
             target_image = read_rgb(pair.target)
@@ -575,7 +550,7 @@ class BenchmarkSet(Dataset):
                     f"is {scene_image.shape}"
                 )
         if pair.target_mask is not None:
-            target_mask = as_binary_mask(read_label_map(pair.target_mask), name=str(pair.target_mask), shape=shape)
+            target_mask = load_mask_file(pair.target_mask, role="mask", shape=shape)
         return {
             "pair_id": pair.pair_id,
             "object_image": object_image,

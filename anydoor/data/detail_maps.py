@@ -1,8 +1,9 @@
 """What the collage shows inside the target box: the paper's Table 5 ablation.
 
-Each variant maps the background-removed reference (HxWx3 uint8, bool HxW
-mask) to an HxWx3 uint8 map that is pasted into the target box
-(DESIGN.md section 1b, "Detail-map variants"). All share the signature
+Each variant maps the background-removed reference (HxWx3 uint8, and its
+mask as an HxW float in [0, 1]: pair preparation's reference mask is grey at
+its edge, DESIGN.md 1d) to an HxWx3 uint8 map that is pasted into the target
+box (DESIGN.md section 1b, "Detail-map variants"). All share the signature
 `(image, mask, rng)`; only `noise` and `shuffle` use the generator.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from anydoor.data.high_frequency import high_frequency_map
-from anydoor.data.images import as_binary_mask, as_rgb_uint8
+from anydoor.data.images import as_rgb_uint8, as_soft_mask
 
 # Noise level of the released noise helper, in [-1, 1] units: x * 0.958 + e * 0.287.
 NOISE_SIGNAL_SCALE = 0.958
@@ -33,12 +34,13 @@ def noise_detail(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) 
     """The reference with Gaussian noise inside the object mask: x * 0.958 + e * 0.287 in [-1, 1] units.
 
     e ~ N(0, 1) is drawn for every pixel (so the draw does not depend on the
-    mask); the result is clipped to [-1, 1] and rounded back to uint8.
+    mask); the result is clipped to [-1, 1] and rounded back to uint8. Inside
+    means mask > 0.5, the threshold the high-frequency map reads a grey mask with.
     """
     x = image.astype(np.float32) / 127.5 - 1.0
     noisy = x * NOISE_SIGNAL_SCALE + rng.standard_normal(x.shape, dtype=np.float32) * NOISE_SCALE
     out = np.round((np.clip(noisy, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
-    return np.where(mask[:, :, None], out, image)
+    return np.where(mask[:, :, None] > 0.5, out, image)
 
 
 def shuffle_detail(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -81,12 +83,15 @@ def check_detail_map_name(name: str) -> None:
 
 
 def detail_map(name: str, image, mask, rng: np.random.Generator | None = None) -> np.ndarray:
-    """Compute detail-map variant `name` (one of DETAIL_MAP_NAMES) of a reference image and mask."""
+    """Compute detail-map variant `name` (one of DETAIL_MAP_NAMES) of a reference image and mask.
+
+    `mask` is bool, 0/1 or grey (uint8 0..255, float in [0, 1]; `as_soft_mask`).
+    """
     check_detail_map_name(name)
     if name in RANDOM_DETAIL_MAPS and rng is None:
         raise ValueError(f"detail map {name!r} is random: it needs a numpy.random.Generator (rng=None given)")
     if rng is not None and not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     image = as_rgb_uint8(image, "image")
-    mask = as_binary_mask(mask, "mask", shape=image.shape[:2])
+    mask = as_soft_mask(mask, "mask", shape=image.shape[:2])
     return DETAIL_MAPS[name](image, mask, rng)

@@ -14,9 +14,15 @@ import numpy as np
 import PIL.Image
 import torch
 
+from anydoor.data.boxes import MIN_MASK_PIXELS
+
 # PIL modes whose pixel values are not RGB: convert them with PIL's own rules.
 _PIL_TO_RGB = {"CMYK", "YCbCr", "LAB", "HSV"}
 _PIL_TO_RGBA = {"P", "PA", "LA", "La", "RGBa"}
+# A mask file's pixel (or an object's alpha) is in when above this: the released
+# scripts' `cv2.imread(path)[:, :, 0] > 128` and `alpha > 128` (DESIGN.md 1d).
+MASK_THRESHOLD = 128
+MASK_ROLES = ("mask", "object", "scene")
 
 
 def _to_array(x, name: str, *, image: bool) -> np.ndarray:
@@ -103,11 +109,19 @@ def as_rgb_uint8(image, name: str = "image") -> np.ndarray:
 def as_binary_mask(mask, name: str = "mask", shape: tuple[int, int] | None = None) -> np.ndarray:
     """Convert a mask to an HxW bool array (a copy), refusing non-binary values.
 
-    Accepts bool, {0, 1} or {0, 255} values of any numeric dtype, PIL 'L'/'1',
-    HxWx1 / 1xHxW arrays and tensors. `shape` (H, W), when given, is the image
-    size the mask must match. An empty mask is an error; a full one is not
-    (callers decide).
+    Accepts bool, {0, 1} or {0, 255} values of any numeric dtype, HxWx1 /
+    1xHxW arrays and tensors, and PIL images of any mask mode, read like mask
+    files (`load_mask_file`'s rule: L, RGB, RGBA above 128, palette index not
+    0). `shape` (H, W), when given, is the image size the mask must match. An
+    empty mask is an error; a full one is not (callers decide).
     """
+    if isinstance(mask, PIL.Image.Image):
+        binary = _pil_mask_pixels(mask, name)
+        if shape is not None and binary.shape != tuple(shape):
+            raise ValueError(f"mask and image sizes differ: {name} {binary.shape} vs image {tuple(shape)}")
+        if not binary.any():
+            raise ValueError(f"{name} is empty: it has no foreground pixel ({_rule(mask.mode)})")
+        return binary
     array = _to_array(mask, name, image=False)
     _check_not_empty(array, name)
     if array.ndim == 3 and array.shape[-1] == 1:
@@ -143,14 +157,153 @@ def as_binary_mask(mask, name: str = "mask", shape: tuple[int, int] | None = Non
     return binary
 
 
+def as_soft_mask(mask, name: str = "mask", shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Convert a binary or grey mask to an HxW float64 array in [0, 1] (a copy).
+
+    The released reference mask is a 0/255 mask resized bilinearly, so its
+    edge is grey (DESIGN.md 1d); the high-frequency map reads it as
+    `mask / 255`. Accepts what `as_binary_mask` accepts (as 0/1) plus uint8
+    masks of any values (divided by 255) and float masks in [0, 1]. A mask
+    with no value above 0 is an error.
+    """
+    if isinstance(mask, PIL.Image.Image):
+        return as_binary_mask(mask, name, shape).astype(np.float64)
+    array = _to_array(mask, name, image=False)
+    _check_not_empty(array, name)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[:, :, 0]
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be HxW (or HxWx1), got shape {tuple(array.shape)}")
+    if array.dtype == np.uint8 and np.count_nonzero(array > 1):
+        soft = array / 255.0
+    elif np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
+            raise ValueError(f"{name} is a float mask with values outside [0, 1] (or NaN): rescale it first")
+        soft = array.astype(np.float64)
+    else:
+        soft = as_binary_mask(array, name).astype(np.float64)
+    if shape is not None and soft.shape != tuple(shape):
+        raise ValueError(f"mask and image sizes differ: {name} {soft.shape} vs image {tuple(shape)}")
+    if not soft.any():
+        raise ValueError(f"{name} is empty: it has no foreground pixel")
+    return soft
+
+
+# ---------------------------------------------------------------- mask files
+
+
+def _rule(mode: str) -> str:
+    """How a mask of this PIL mode is read, for error messages."""
+    if mode in ("P", "PA"):
+        return f"mode {mode} (palette): a pixel is in when its index is not 0"
+    return f"mode {mode}: a pixel is in when a colour channel is above {MASK_THRESHOLD}"
+
+
+def _pil_mask_pixels(image: PIL.Image.Image, name: str) -> np.ndarray:
+    """The one rule that reads a mask image (DESIGN.md 1d, "Mask files"): HxW bool.
+
+    Palette ('P', 'PA'): index != 0 (the YouTube-VOS / DAVIS convention).
+    'L', 'LA', 'RGB', 'RGBA' (and CMYK/YCbCr JPEGs, converted to RGB): in when
+    any colour channel is above 128, alpha ignored; on the black-and-white
+    masks of the released examples this is the released reading
+    `cv2.imread(path)[:, :, 0] > 128`, and JPEG noise around 0 and 255 does
+    not matter. 16-bit and float images are refused: their scale is a guess.
+    """
+    mode = image.mode
+    if mode in ("P", "PA"):
+        return np.asarray(image)[..., 0] != 0 if mode == "PA" else np.asarray(image) != 0
+    if mode == "1":
+        return np.asarray(image.convert("L")) > MASK_THRESHOLD
+    if mode in _PIL_TO_RGB:
+        image, mode = image.convert("RGB"), "RGB"
+    if mode not in ("L", "LA", "RGB", "RGBA"):
+        raise ValueError(
+            f"{name} has PIL mode {mode!r}, whose value range is ambiguous for a mask; save it as an 8-bit "
+            "L, RGB, RGBA or palette image"
+        )
+    array = np.asarray(image)
+    if array.ndim == 2:
+        return array > MASK_THRESHOLD
+    colour = array[..., :-1] if mode in ("LA", "RGBA") else array
+    return (colour > MASK_THRESHOLD).any(axis=-1)
+
+
+def load_mask_file(path, role: str = "mask", shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a mask file as users have it (PNG or JPEG; L, RGB, RGBA or palette): HxW bool.
+
+    Every loader of a one-object mask file calls this (the CLI, the
+    evaluation sets). The reading rule is `as_binary_mask`'s for PIL images:
+    RGB/RGBA/L pixels are in when a colour channel is above 128, palette
+    pixels when their index is not 0. `role` says what the mask is for:
+    "object" (every pixel set means the whole image is the object), "scene"
+    (where the object goes: every pixel set is an error, it leaves no scene
+    to compose into) or "mask" (anything else, e.g. a true target's mask).
+    Errors name the file: an empty mask; fewer than 10 pixels set (the
+    released code silently takes the whole image instead, DESIGN.md 1d);
+    a size different from `shape` (H, W) when given.
+    """
+    if role not in MASK_ROLES:
+        raise ValueError(f"role must be one of {MASK_ROLES}, got {role!r}")
+    name = f"mask file {str(path)!r}"
+    with PIL.Image.open(path) as image:
+        image.load()
+        mask = _pil_mask_pixels(image, name)
+        rule = _rule(image.mode)
+    if shape is not None and mask.shape != tuple(shape):
+        raise ValueError(f"{name} is {mask.shape} (H, W) but its image is {tuple(shape)}")
+    count = int(np.count_nonzero(mask))
+    if count == 0:
+        raise ValueError(f"{name} is empty: no pixel is set ({rule})")
+    if count < MIN_MASK_PIXELS:
+        raise ValueError(
+            f"{name} has only {count} pixel(s) set, fewer than {MIN_MASK_PIXELS} ({rule}); "
+            "the released code would silently take the whole image"
+        )
+    if role == "scene" and count == mask.size:
+        raise ValueError(
+            f"{name} has every pixel set: a scene mask must leave some scene around the object "
+            f"(is it inverted? {rule})"
+        )
+    return mask
+
+
+def read_label_map(path) -> np.ndarray:
+    """An annotation PNG as an HxW integer array of object ids (0 = background).
+
+    For data sets that hold several objects in one file (YouTube-VOS, MOSE,
+    instance maps); one object's mask is `labels == id`, the palette rule of
+    `load_mask_file` for a single id. Palette ('P') PNGs give their indices;
+    grayscale gives its values; RGB is accepted only when its channels are
+    equal (a grayscale mask saved as RGB).
+    """
+    with PIL.Image.open(path) as image:
+        image.load()
+        mode = image.mode
+        if mode == "1":
+            image = image.convert("L")
+        array = np.asarray(image)
+    if mode in ("RGB", "RGBA"):
+        rgb = array[..., :3]
+        if not (rgb == rgb[..., :1]).all():
+            raise ValueError(
+                f"mask {str(path)!r} is a colour ({mode}) image; expected a palette or grayscale PNG of object ids"
+            )
+        array = rgb[..., 0]
+    if array.ndim != 2:
+        raise ValueError(
+            f"mask {str(path)!r} has mode {mode} and shape {array.shape}; expected a palette or grayscale PNG"
+        )
+    return array
+
+
 def load_rgba_object(path_or_image) -> tuple[np.ndarray, np.ndarray]:
     """Load a background-removed object (e.g. a DreamBooth RGBA cut-out).
 
-    Returns (HxWx3 uint8 RGB, HxW bool mask) with mask = alpha >= 128 (alpha
-    >= 0.5 for float images). Images without alpha are refused: the object's
-    extent would be a guess.
+    Returns (HxWx3 uint8 RGB, HxW bool mask) with mask = alpha > 128, the
+    released reading (float images are scaled to 0..255 first). Images without alpha
+    are refused: the object's extent would be a guess.
     """
-    name = "path_or_image"
+    name = f"object file {str(path_or_image)!r}" if isinstance(path_or_image, (str, PathLike)) else "path_or_image"
     if isinstance(path_or_image, (str, PathLike)):
         with PIL.Image.open(path_or_image) as image:
             image.load()
@@ -163,7 +316,7 @@ def load_rgba_object(path_or_image) -> tuple[np.ndarray, np.ndarray]:
             "or call as_rgb_uint8 / as_binary_mask with an explicit mask"
         )
     rgba = _to_uint8(array, name)
-    mask = rgba[:, :, 3] >= 128
+    mask = rgba[:, :, 3] > MASK_THRESHOLD
     if not mask.any():
-        raise ValueError(f"{name} has an empty alpha channel: no pixel has alpha >= 128")
+        raise ValueError(f"{name} has an empty alpha channel: no pixel has alpha above {MASK_THRESHOLD}")
     return np.ascontiguousarray(rgba[:, :, :3]), mask

@@ -7,11 +7,20 @@ hint is that crop with the reference's detail map pasted into the box plus a
 mask channel (1 box or shape, 0 outside, -1 padding). Inference builds the
 same inputs from an object and a scene box, and `paste_back` puts the
 generated crop back into the scene.
+
+The geometry is the released code's, to the pixel (DESIGN.md 1d: the
+`released_*` rules of `anydoor.data.boxes`), for training and inference
+alike, so a converted released checkpoint sees what it was trained on. At
+inference the mask channel is built as in training (padding -1, nearest
+neighbour), where the released inference ends up with 1 in the padding;
+that and the other deliberate departures are listed in docs/ARCHITECTURE.md
+("Released geometry").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 
 import cv2
 import numpy as np
@@ -21,10 +30,13 @@ from anydoor.data.boxes import (
     box_in_box,
     box_mask,
     check_box,
-    expand_box,
     mask_box,
+    pad_by_ratio,
     pad_to_square,
-    square_box,
+    released_expand_box,
+    released_mask_box,
+    released_ratio,
+    released_square_box,
 )
 from anydoor.data.detail_maps import RANDOM_DETAIL_MAPS, check_detail_map_name, detail_map
 from anydoor.data.images import as_binary_mask, as_rgb_uint8
@@ -32,9 +44,11 @@ from anydoor.data.perturb import perturb_mask
 
 KINDS = ("video", "image", "multiview")
 BOX_RULES = ("either", "both")
-# Photometric augmentation of the reference: contrast 1 +- 0.2, brightness +- 0.2 of full scale.
+# Photometric augmentation of the reference: contrast 1 +- 0.2, brightness +- 0.2 of full scale
+# (albumentations' RandomBrightnessContrast defaults, which the released training uses).
 CONTRAST_LIMIT = 0.2
 BRIGHTNESS_LIMIT = 0.2
+RATIO_FIELDS = ("ref_pad_range", "target_box_range", "crop_range")
 
 
 @dataclass(frozen=True)
@@ -43,10 +57,11 @@ class PairConfig:
     reference_size: int = 224  # ID extractor input side
     detail_map: str = "hf"  # one of DETAIL_MAP_NAMES
     remove_background: bool = True  # white out the reference background (ID ablation switch)
-    # training geometry (DESIGN.md "Preparing a training pair")
-    ref_pad_range: tuple[float, float] = (1.1, 1.5)  # reference crop padding ratio, U[lo, hi)
-    target_box_range: tuple[float, float] = (1.1, 1.2)  # target box expansion, U[lo, hi)
-    crop_range: tuple[float, float] = (1.3, 3.0)  # crop around the target box, U[lo, hi)
+    # training geometry (DESIGN.md 1d): each ratio is randint(10 lo, 10 hi) / 10, a multiple of 0.1 in
+    # [lo, hi); (r, r) pins it to r
+    ref_pad_range: tuple[float, float] = (1.1, 1.5)  # reference padding ratio: 1.1, ..., 1.4
+    target_box_range: tuple[float, float] = (1.1, 1.2)  # target box expansion: always 1.1
+    crop_range: tuple[float, float] = (1.3, 3.0)  # crop around the target box: 1.3, ..., 2.9
     shape_mask_prob: float = 0.7  # mask channel = perturbed true mask instead of the box
     augment: bool = True  # reference flip + brightness/contrast
     # quality checks
@@ -61,7 +76,7 @@ class PairConfig:
     inference_box_ratio: float = 1.1
     inference_crop_ratio: float = 2.0  # the paper's value (the released code draws U[1.5, 3))
     paste_margin: int = 5  # outer ring of the crop that paste_back leaves as the scene
-    min_object_px: int = 10  # smallest object box side accepted at inference
+    min_object_px: int = 10  # smallest object side (mask extent) accepted at inference
 
     def __post_init__(self):
         for name in ("image_size", "reference_size", "min_object_px"):
@@ -72,10 +87,15 @@ class PairConfig:
         check_detail_map_name(self.detail_map)
         if self.box_rule not in BOX_RULES:
             raise ValueError(f"box_rule must be one of {BOX_RULES}, got {self.box_rule!r}")
-        for name in ("ref_pad_range", "target_box_range", "crop_range"):
+        for name in RATIO_FIELDS:
             value = tuple(float(v) for v in getattr(self, name))
             if len(value) != 2 or not 1.0 <= value[0] <= value[1]:
                 raise ValueError(f"{name} must be (lo, hi) with 1 <= lo <= hi, got {getattr(self, name)!r}")
+            if any(abs(10 * v - round(10 * v)) > 1e-6 for v in value):
+                raise ValueError(
+                    f"{name} must hold multiples of 0.1 (the released draw is randint(10 lo, 10 hi) / 10), "
+                    f"got {getattr(self, name)!r}"
+                )
             object.__setattr__(self, name, value)  # lists from YAML become hashable tuples
         for name in ("inference_ref_pad", "inference_box_ratio", "inference_crop_ratio"):
             if not getattr(self, name) >= 1.0:
@@ -91,6 +111,37 @@ class PairConfig:
             raise ValueError(
                 f"need 0 <= min_box_ratio <= max_box_ratio <= 1, got {self.min_box_ratio}, {self.max_box_ratio}"
             )
+
+
+@dataclass(frozen=True)
+class PairDraws:
+    """The random choices of one training pair (DESIGN.md 1d), drawn from the sample's generator.
+
+    Pass some or all of them to `prepare_training_pair(..., draws=...)` to pin
+    them, e.g. to compare with boxes computed by hand. The shape perturbation
+    itself (when `shape_mask`) still draws from the generator.
+    """
+
+    ref_pad: float  # reference padding ratio (expand_image_mask)
+    target_box: float  # target box expansion (released: always 1.1)
+    crop: float  # crop expansion around the target box
+    flip: bool = False  # horizontal flip of reference image and mask
+    jitter: tuple[float, float] | None = None  # (contrast, brightness) of the reference, or None
+    shape_mask: bool = False  # mask channel = perturbed true mask instead of the box
+
+    def __post_init__(self):
+        if not (isinstance(self.ref_pad, (int, float)) and self.ref_pad >= 1.0):
+            raise ValueError(f"draws.ref_pad must be a number >= 1, got {self.ref_pad!r}")
+        for name in ("target_box", "crop"):
+            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
+                raise ValueError(f"draws.{name} must be a positive number, got {getattr(self, name)!r}")
+        for name in ("flip", "shape_mask"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise TypeError(f"draws.{name} must be a bool, got {getattr(self, name)!r}")
+        if self.jitter is not None:
+            if not (len(self.jitter) == 2 and all(np.isfinite(v) for v in self.jitter) and self.jitter[0] > 0):
+                raise ValueError(f"draws.jitter must be None or (contrast > 0, brightness), got {self.jitter!r}")
+            object.__setattr__(self, "jitter", (float(self.jitter[0]), float(self.jitter[1])))
 
 
 class PairRejected(ValueError):
@@ -126,6 +177,7 @@ class AnyDoorSample:
     paste: PasteInfo
     kind: str  # "video" | "image" | "multiview"
     detail: np.ndarray  # (224, 224, 3) uint8 detail map pasted into the collage
+    draws: PairDraws | None = None  # the training pair's random choices (None at inference)
 
 
 # ---------------------------------------------------------------- quality checks
@@ -145,8 +197,16 @@ def _check_area(mask: np.ndarray, config: PairConfig, side: str) -> None:
         )
 
 
+def _released_box(mask: np.ndarray, side: str):
+    """`released_mask_box` of a training mask; a mask it cannot box is a rejected pair, not an error."""
+    try:
+        return released_mask_box(mask, f"{side} mask")
+    except ValueError as err:
+        raise PairRejected(f"{side}_box_size", str(err)) from None
+
+
 def _check_reference(mask: np.ndarray, config: PairConfig) -> None:
-    """DESIGN.md: one dominant region, area ratio in range, box not too small."""
+    """DESIGN.md: one dominant region, area ratio in range, box not too small (the released box's sides)."""
     _check_area(mask, config, "ref")
     x0, y0, x1, y1 = mask_box(mask)
     # Pixel counts of 8-connected regions; contour polygon areas (the released
@@ -160,6 +220,7 @@ def _check_reference(mask: np.ndarray, config: PairConfig) -> None:
             f"reference mask has {areas.size} regions; the largest holds {dominant:.3f} of it "
             f"(must exceed {config.min_dominant_region})",
         )
+    x0, y0, x1, y1 = _released_box(mask, "ref")
     ratios = ((y1 - y0) / mask.shape[0], (x1 - x0) / mask.shape[1])
     if _fails_box_rule(ratios, config.min_box_ratio, config, smaller=True):
         raise PairRejected(
@@ -183,54 +244,43 @@ def _check_target_box(box, image_hw, config: PairConfig) -> None:
 # ---------------------------------------------------------------- reference side
 
 
-def _pad_by_ratio(image: np.ndarray, ratio: float, value) -> np.ndarray:
-    """Centre `image` on a canvas `ratio` times its size filled with `value`."""
-    h, w = image.shape[:2]
-    out_h, out_w = round(h * ratio), round(w * ratio)
-    top, left = (out_h - h) // 2, (out_w - w) // 2
-    out = np.empty((out_h, out_w) + image.shape[2:], dtype=image.dtype)
-    out[...] = value
-    out[top : top + h, left : left + w] = image
-    return out
+def _brightness_contrast(image: np.ndarray, contrast: float, brightness: float) -> np.ndarray:
+    """albumentations' RandomBrightnessContrast on uint8, which the released training applies to the
+    whole reference (background too): a float32 table v * contrast + brightness * 255, clipped, truncated."""
+    table = np.arange(256, dtype=np.float32)
+    table *= contrast
+    table += brightness * 255
+    return cv2.LUT(image, np.clip(table, 0, 255).astype(np.uint8))
 
 
-def _augment_reference(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, keep_white: bool):
-    """Horizontal flip (p=0.5) and brightness/contrast (p=0.5), image and mask together."""
-    if rng.random() < 0.5:
-        image, mask = image[:, ::-1], mask[:, ::-1]
-    if rng.random() < 0.5:
-        contrast = 1.0 + rng.uniform(-CONTRAST_LIMIT, CONTRAST_LIMIT)
-        brightness = 255.0 * rng.uniform(-BRIGHTNESS_LIMIT, BRIGHTNESS_LIMIT)
-        jittered = np.clip(image * contrast + brightness, 0, 255).astype(np.uint8)
-        # The ID extractor should always see a white background when it is removed.
-        image = np.where(mask[:, :, None], jittered, image) if keep_white else jittered
-    return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+def _prepare_reference(image, mask, pad_ratio: float, config: PairConfig, flip=False, jitter=None, name="mask"):
+    """The 224 px reference and its mask, as the released code makes them (DESIGN.md 1d, "Reference").
 
-
-def _prepare_reference(image, mask, pad_ratio: float, config: PairConfig, augment_rng=None):
-    """Background-removed, padded, square reference at reference_size (DESIGN.md "Reference side").
-
-    Returns (uint8 image, bool mask). Background -> white (when
-    remove_background), crop to the mask box, pad by `pad_ratio` (white, mask
-    0), pad to a centred square, resize (image bilinear, mask nearest), then
-    augment when a generator is given.
+    Background -> white (when remove_background); crop to `released_mask_box`
+    (the mask's last row and column fall outside); `pad_by_ratio` (white,
+    mask 0); `pad_to_square`; resize image and 0/255 mask bilinearly to
+    reference_size; then flip both and/or jitter the image when asked.
+    Returns (uint8 HxWx3 image, uint8 HxW mask): the mask keeps the grey
+    edge of its bilinear resize, which the high-frequency map reads as
+    mask / 255 like the released code; a bool view is mask > 127.
     """
-    x0, y0, x1, y1 = mask_box(mask)
+    x0, y0, x1, y1 = released_mask_box(mask, name)
     crop, crop_mask = image[y0:y1, x0:x1], mask[y0:y1, x0:x1]
     if config.remove_background:
         crop = np.where(crop_mask[:, :, None], crop, np.uint8(255))
-    crop = _pad_by_ratio(crop, pad_ratio, 255)
-    crop_mask = _pad_by_ratio(crop_mask, pad_ratio, False)
-    crop, _ = pad_to_square(crop, 255)
-    crop_mask, _ = pad_to_square(crop_mask, False)
+    crop, _ = pad_to_square(pad_by_ratio(crop, pad_ratio, 255), 255)
+    grey, _ = pad_to_square(pad_by_ratio(crop_mask.astype(np.uint8) * np.uint8(255), pad_ratio, 0), 0)
     n = config.reference_size
-    ref = cv2.resize(crop, (n, n))
-    ref_mask = cv2.resize(crop_mask.view(np.uint8), (n, n), interpolation=cv2.INTER_NEAREST).astype(bool)
-    if augment_rng is not None:
-        ref, ref_mask = _augment_reference(ref, ref_mask, augment_rng, config.remove_background)
-    if not ref_mask.any():
+    ref, ref_mask = cv2.resize(crop, (n, n)), cv2.resize(grey, (n, n))
+    if flip:
+        ref, ref_mask = np.ascontiguousarray(ref[:, ::-1]), np.ascontiguousarray(ref_mask[:, ::-1])
+    if jitter is not None:
+        ref = _brightness_contrast(ref, *jitter)
+    if ref_mask.max() <= 127:
         raise PairRejected(
-            "ref_mask_vanished", f"the object (box {(x0, y0, x1, y1)}) is too thin to survive resizing to {n}x{n}"
+            "ref_mask_vanished",
+            f"the object (box {(x0, y0, x1, y1)}) is too thin to survive resizing to {n}x{n}: no pixel of its "
+            "reference mask stays at least half set",
         )
     return ref, ref_mask
 
@@ -251,14 +301,24 @@ def _square_resized(array: np.ndarray, pad_value, side: int, interpolation: int)
     return cv2.resize(padded, (side, side), interpolation=interpolation)
 
 
+def _clip_to(box, crop):
+    """`box` clipped to `crop`. Squaring an odd-sided crop drops a column (or
+    row), so a box touching the scene's border can stick out of it by one
+    pixel; the released code fails on such a pair (a shape mismatch when
+    pasting), here the box loses that pixel."""
+    return max(box[0], crop[0]), max(box[1], crop[1]), min(box[2], crop[2]), min(box[3], crop[3])
+
+
 def _target_and_hint(scene: np.ndarray, crop, box, detail: np.ndarray, mask_channel: np.ndarray, config):
     """Crop the scene, paste the detail map into the box, pad to square (image 0, mask -1), resize to S.
 
-    Returns (target float32 SxSx3 in [-1, 1], hint float32 SxSx4, PasteInfo).
+    Images resize bilinearly, the mask channel with nearest neighbour (the
+    released training). Returns (target float32 SxSx3 in [-1, 1], hint
+    float32 SxSx4, PasteInfo).
     """
     cx0, cy0, cx1, cy1 = crop
     crop_image = scene[cy0:cy1, cx0:cx1]
-    bx0, by0, bx1, by1 = box_in_box(box, crop)
+    bx0, by0, bx1, by1 = box_in_box(_clip_to(box, crop), crop)
     collage = crop_image.copy()
     collage[by0:by1, bx0:bx1] = cv2.resize(detail, (bx1 - bx0, by1 - by0))
 
@@ -287,6 +347,37 @@ def _check_rng(rng, required: bool) -> None:
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
 
 
+# ---------------------------------------------------------------- random choices of a training pair
+
+
+def _draw_pair(config: PairConfig, geometry_rng, augment_rng, shape_rng) -> PairDraws:
+    """A training pair's random choices (DESIGN.md 1d), each stream from its own generator."""
+    target_box = released_ratio(config.target_box_range, geometry_rng)
+    crop = released_ratio(config.crop_range, geometry_rng)
+    ref_pad = released_ratio(config.ref_pad_range, geometry_rng)
+    flip, jitter = False, None
+    if config.augment:
+        flip = bool(augment_rng.random() < 0.5)
+        if augment_rng.random() < 0.5:
+            contrast = 1.0 + augment_rng.uniform(-CONTRAST_LIMIT, CONTRAST_LIMIT)
+            jitter = (contrast, augment_rng.uniform(-BRIGHTNESS_LIMIT, BRIGHTNESS_LIMIT))
+    shape_mask = bool(shape_rng.random() < config.shape_mask_prob)
+    return PairDraws(ref_pad=ref_pad, target_box=target_box, crop=crop, flip=flip, jitter=jitter, shape_mask=shape_mask)
+
+
+def _pin_draws(drawn: PairDraws, draws) -> PairDraws:
+    """`draws` (a PairDraws, or a mapping of some of its fields) in place of the drawn values."""
+    if isinstance(draws, PairDraws):
+        return draws
+    if not isinstance(draws, Mapping):
+        raise TypeError(f"draws must be a PairDraws or a dict of its fields, got {type(draws).__name__}")
+    valid = {f.name for f in fields(PairDraws)}
+    unknown = sorted(set(draws) - valid)
+    if unknown:
+        raise ValueError(f"draws has unknown fields {unknown}; valid: {sorted(valid)}")
+    return replace(drawn, **draws)
+
+
 # ---------------------------------------------------------------- public API
 
 
@@ -298,15 +389,25 @@ def prepare_training_pair(
     rng: np.random.Generator,
     config: PairConfig = PairConfig(),
     kind: str = "image",
+    draws: PairDraws | Mapping | None = None,
 ) -> AnyDoorSample:
-    """Build one training sample from a (reference, target) pair of the same object (DESIGN.md section 1).
+    """Build one training sample from a (reference, target) pair of the same object (DESIGN.md 1d).
+
+    The released training's `process_pairs`: quality checks; the reference
+    (`released_mask_box`, padded by the drawn ratio, squared, 224 px,
+    flipped and jittered with its mask); its detail map; the target box (the
+    mask's released box expanded by the drawn ratio, always 1.1 by default)
+    and crop (expanded by the drawn crop ratio, clipped, squared, clipped);
+    mask channel = box, or the perturbed true mask; padding -1 with
+    nearest-neighbour resizing.
 
     For single-image sources pass the same image and mask twice. Raises
     `PairRejected` (a ValueError with `.reason`) when the pair fails a
     quality check, ValueError/TypeError for malformed inputs. All randomness
     comes from `rng`, split into independent streams (geometry, augmentation,
     detail map, shape mask), so the detail-map arms of an ablation see the
-    same crops for the same seed.
+    same crops for the same seed. `draws` pins some or all of the random
+    choices (`PairDraws`); the sample's `draws` says what was used.
     """
     # 1. Check inputs
     ref_image = as_rgb_uint8(ref_image, "ref_image")
@@ -317,33 +418,36 @@ def prepare_training_pair(
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     geometry_rng, augment_rng, detail_rng, shape_rng = rng.spawn(4)
+    drawn = _draw_pair(config, geometry_rng, augment_rng, shape_rng)
+    if draws is not None:
+        drawn = _pin_draws(drawn, draws)
 
-    # 2. Quality checks and target geometry
+    # 2. Quality checks and target geometry (the released box, crop and checks)
     _check_reference(ref_mask, config)
     _check_area(tar_mask, config, "tar")
     scene_hw = tar_image.shape[:2]
-    box = expand_box(mask_box(tar_mask), geometry_rng.uniform(*config.target_box_range), scene_hw)
+    box = released_expand_box(_released_box(tar_mask, "tar"), drawn.target_box, scene_hw)
     _check_target_box(box, scene_hw, config)
-    crop = square_box(expand_box(box, geometry_rng.uniform(*config.crop_range)), scene_hw)
+    crop = released_square_box(released_expand_box(box, drawn.crop, scene_hw), scene_hw)
 
-    # 3. Reference: background removed, padded, square, augmented; its detail map
-    pad_ratio = geometry_rng.uniform(*config.ref_pad_range)
+    # 3. Reference: background removed, padded, square, augmented with its mask; its detail map
     ref, ref_object = _prepare_reference(
-        ref_image, ref_mask, pad_ratio, config, augment_rng if config.augment else None
+        ref_image, ref_mask, drawn.ref_pad, config, flip=drawn.flip, jitter=drawn.jitter, name="ref_mask"
     )
     detail = detail_map(config.detail_map, ref, ref_object, detail_rng)
 
     # 4. Mask channel: the box, or a coarse version of the true shape (shape control)
     cx0, cy0, cx1, cy1 = crop
-    if shape_rng.random() < config.shape_mask_prob:
+    if drawn.shape_mask:
         mask_channel = perturb_mask(tar_mask[cy0:cy1, cx0:cx1], shape_rng)
     else:
-        mask_channel = box_mask(box_in_box(box, crop), (cy1 - cy0, cx1 - cx0))
+        mask_channel = box_mask(box_in_box(_clip_to(box, crop), crop), (cy1 - cy0, cx1 - cx0))
 
     # 5. Collage, padding, resizing
     target, hint, paste = _target_and_hint(tar_image, crop, box, detail, mask_channel, config)
     return AnyDoorSample(
-        reference=ref.astype(np.float32) / 255.0, target=target, hint=hint, paste=paste, kind=kind, detail=detail
+        reference=ref.astype(np.float32) / 255.0, target=target, hint=hint, paste=paste, kind=kind, detail=detail,
+        draws=drawn,
     )
 
 
@@ -357,22 +461,28 @@ def prepare_inference_inputs(
     rng: np.random.Generator | None = None,
     shape_control: bool = False,
 ) -> AnyDoorSample:
-    """Build the model inputs for inserting an object into a scene (DESIGN.md "Sampling recipe").
+    """Build the model inputs for inserting an object into a scene (DESIGN.md 1d, "Sampling recipe").
 
-    Deterministic geometry: reference padded by `inference_ref_pad`, no
-    augmentation; target box = the box of `scene_mask` (or `scene_box`)
-    expanded by `inference_box_ratio`; crop = that box expanded by
-    `inference_crop_ratio`, squared and clipped to the scene; the mask
-    channel is the box (no perturbation), or with `shape_control` the
-    scene mask itself (AnyDoor's shape-controlled insertion, DESIGN.md 1: the
-    model was trained on perturbed true masks in that channel, so a
-    silhouette there says the object's shape and pose). Give exactly one of `scene_mask`
-    and `scene_box` (x0, y0, x1, y1, inside the scene). An all-ones
-    `object_mask` means the whole image is the object; objects touching the
-    image border are fine. `rng` is needed only by the random detail maps
-    (noise, shuffle). The returned sample's `target` is all zeros and its
-    `kind` is "image" (inference has no data source; the field keeps
-    `collate_samples` uniform).
+    The released inference's `process_pairs`, deterministic: reference padded
+    by `inference_ref_pad` (1.2), no augmentation; target box = the released
+    box of `scene_mask` (a `scene_box` counts as the mask that fills it)
+    expanded by `inference_box_ratio` (1.1); crop = that box expanded by
+    `inference_crop_ratio` (2.0, the paper's value; the released code draws
+    it from [1.5, 3)), clipped, squared around the clipped box's centre,
+    clipped; the mask channel is the box (no perturbation), or with
+    `shape_control` the scene mask itself (AnyDoor's shape-controlled
+    insertion, DESIGN.md 1: the model was trained on perturbed true masks in
+    that channel, so a silhouette there says the object's shape and pose).
+    Its padding is -1 as in training (the released inference has 1 there).
+
+    Give exactly one of `scene_mask` and `scene_box` (x0, y0, x1, y1, inside
+    the scene). An all-ones `object_mask` means the whole image is the
+    object; objects touching the image border are fine; masks with fewer
+    than 10 pixels are refused (the released code would take the whole
+    image). `rng` is needed only by the random detail maps (noise,
+    shuffle). The returned sample's `target` is all zeros and its `kind` is
+    "image" (inference has no data source; the field keeps `collate_samples`
+    uniform).
     """
     # 1. Check inputs
     object_image = as_rgb_uint8(object_image, "object_image")
@@ -383,12 +493,14 @@ def prepare_inference_inputs(
         given = "both" if scene_mask is not None else "neither"
         raise ValueError(f"give exactly one of scene_mask and scene_box, got {given}")
     if scene_mask is not None:
-        target_box = mask_box(as_binary_mask(scene_mask, "scene_mask", shape=scene_hw))
+        scene_mask = as_binary_mask(scene_mask, "scene_mask", shape=scene_hw)
+        target_box = released_mask_box(scene_mask, "scene_mask")
     else:
-        target_box = check_box(scene_box, "scene_box")
-        x0, y0, x1, y1 = target_box
+        scene_box = check_box(scene_box, "scene_box")
+        x0, y0, x1, y1 = scene_box
         if x0 < 0 or y0 < 0 or x1 > scene_hw[1] or y1 > scene_hw[0]:
-            raise ValueError(f"scene_box {target_box} is not inside the scene of size (H, W) = {scene_hw}")
+            raise ValueError(f"scene_box {scene_box} is not inside the scene of size (H, W) = {scene_hw}")
+        target_box = released_mask_box(box_mask(scene_box, scene_hw), f"scene_box {scene_box}")
     x0, y0, x1, y1 = mask_box(object_mask)
     if min(x1 - x0, y1 - y0) < config.min_object_px:
         raise ValueError(
@@ -404,18 +516,19 @@ def prepare_inference_inputs(
         raise ValueError("shape_control=True needs a scene_mask (the silhouette), got a scene_box")
 
     # 2. Reference and its detail map
-    ref, ref_object = _prepare_reference(object_image, object_mask, config.inference_ref_pad, config)
+    ref, ref_object = _prepare_reference(object_image, object_mask, config.inference_ref_pad, config, name="object_mask")
     detail = detail_map(config.detail_map, ref, ref_object, rng)
 
     # 3. Target box and crop; mask channel: the box, or the silhouette (shape control)
-    box = expand_box(target_box, config.inference_box_ratio, scene_hw)
-    crop = square_box(expand_box(box, config.inference_crop_ratio), scene_hw)
+    box = released_expand_box(target_box, config.inference_box_ratio, scene_hw)
+    crop = released_square_box(released_expand_box(box, config.inference_crop_ratio, scene_hw), scene_hw)
+    cx0, cy0, cx1, cy1 = crop
     if shape_control:
-        mask_channel = as_binary_mask(scene_mask, "scene_mask", shape=scene_hw)[crop[1] : crop[3], crop[0] : crop[2]]
+        mask_channel = scene_mask[cy0:cy1, cx0:cx1]
     else:
-        mask_channel = box_mask(box_in_box(box, crop), (crop[3] - crop[1], crop[2] - crop[0]))
+        mask_channel = box_mask(box_in_box(_clip_to(box, crop), crop), (cy1 - cy0, cx1 - cx0))
 
-    # 4. Collage, padding, resizing
+    # 4. Collage, padding (mask channel -1, as in training), resizing
     target, hint, paste = _target_and_hint(scene_image, crop, box, detail, mask_channel, config)
     return AnyDoorSample(
         reference=ref.astype(np.float32) / 255.0,
