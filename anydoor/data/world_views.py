@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from anydoor.data.captions import Attributes, caption, object_attributes
-from anydoor.data.synthetic import SyntheticObject, sample_pose, draw_background, make_object, render_object
+from anydoor.data.synthetic import SyntheticObject, draw_background, make_object, render_object, sample_pose
 
 PRETRAIN_SEED = 7_100_001  # root entropy of the pretraining split's objects and renders
 CALIBRATION_SEED = 7_200_001  # root entropy of the calibration set (`write_synthetic_dataset(seed=...)`)

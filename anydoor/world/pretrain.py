@@ -52,28 +52,37 @@ def _tiny_dinov2() -> dict:
     return {**tiny_dinov2_config(), "image_size": ID_IMAGE_SIZE}
 
 
+def _cross_attention_dim() -> int:
+    # The text tower's token width is the UNet's cross-attention width (SD2.1 reads OpenCLIP-H's 1024).
+    from anydoor.presets import TINY_CROSS_ATTENTION_DIM
+
+    return TINY_CROSS_ATTENTION_DIM
+
+
 def _tiny_clip_vision() -> dict:
     from anydoor.presets import tiny_clip_vision_config
 
     return tiny_clip_vision_config()
 
 
-# The four models (DESIGN.md section 4's table). Seeds differ, and the metric models have shapes
-# of their own, so no arm is scored in its own ID backbone's embedding space.
-CLIP_SETTINGS = ClipSettings(vision=_tiny_clip_vision(), steps=600, batch_size=128, seed=11)
+# The four models (DESIGN.md section 4's table), each sized to its budget on 2 CPU cores (about 12, 15, 7
+# and 7 minutes). Seeds differ, and the metric models have shapes of their own (64 px inputs, the generated
+# crops' size), so no arm is scored in its own ID backbone's embedding space.
+CLIP_SETTINGS = ClipSettings(vision=_tiny_clip_vision(), text_width=_cross_attention_dim(), steps=750, batch_size=128,
+                             seed=11)
 DINOV2_SETTINGS = DinoSettings(
     architecture="dinov2", backbone=_tiny_dinov2(), ibot=True, global_size=112, local_size=56,
-    steps=2400, highres_steps=240, batch_size=64, seed=12,
+    steps=2600, highres_steps=200, batch_size=64, seed=12,
 )
 METRIC_CLIP_SETTINGS = ClipSettings(
-    vision=dict(image_size=96, layers=4, width=96, head_width=32, patch_size=8),
-    embed_dim=96, text_width=96, text_heads=4, text_layers=3, steps=500, batch_size=128, seed=13,
+    vision=dict(image_size=64, layers=4, width=96, head_width=32, patch_size=8),
+    embed_dim=96, text_width=96, text_heads=4, text_layers=3, steps=900, batch_size=128, seed=13,
 )
 METRIC_DINO_SETTINGS = DinoSettings(
     architecture="vit",
     backbone=dict(hidden_size=96, num_hidden_layers=4, num_attention_heads=3, intermediate_size=384,
-                  patch_size=8, image_size=96),
-    global_size=96, local_size=48, steps=1500, batch_size=64, seed=14,
+                  patch_size=8, image_size=64),
+    global_size=64, local_size=32, steps=750, batch_size=64, seed=14,
 )
 
 
