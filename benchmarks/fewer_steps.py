@@ -7,7 +7,7 @@ sampler, the reference) and each (scheduler, steps). Only the ground-truth
 metrics are read, PSNR and SSIM inside the true object mask (`psnr_mask`,
 `ssim_mask`), which need no metric backbone (the runner's backbones are the
 random stand-ins, `metric_backbones="random"`; their CLIP/DINO columns are
-uncalibrated and not used here).
+not CLIP-I and not used here).
 
 Per arm: the mean with its bootstrap 95% CI over pairs (`eval.stats.summarize`),
 whether the mean lies inside DDIM 50's 95% CI, and the paired difference to

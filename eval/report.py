@@ -366,7 +366,8 @@ def _header(doc: _Document, index: dict, provenance: dict, sweep_dir: Path) -> N
         ("date", datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")),
     ]
     doc.table(pd.DataFrame(items, columns=["", "value"]).astype(str), index=False)
-    if provenance["metric_source"] == "in-world":
+    if provenance["metric_source"] == "in-world" or provenance["preset"] == "tiny":
+        # The world's backbones score this sweep, or are its arms' frozen ID backbones.
         _world_calibration(doc)
     doc.heading("Shared parameters (the full method)", 3)
     doc.table(pd.DataFrame([(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in params.items()],

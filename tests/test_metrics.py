@@ -227,7 +227,7 @@ def test_missing_weights_raise_a_clear_error():
 
 
 def test_trained_weights_load_from_local_files(tmp_path):
-    """The calibrated code paths, on tiny models written here: embeddings equal
+    """The real-weight code paths, on tiny models written here: embeddings equal
     the libraries' own forward passes."""
     import open_clip
     from transformers import ViTConfig, ViTModel

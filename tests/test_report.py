@@ -143,7 +143,7 @@ def test_tiny_report_has_tables_cis_figures_links_and_the_banner(tiny_report):
         assert PLACEMENT[False] in text  # the sweep sets no shape_control: box placement, said in the header
         assert "random-ViT-B-32-tiny" in text
         assert "CLIP-sim (random-init)" in text  # never labelled CLIP-I
-        assert "Calibration of the in-world backbones" not in text
+        assert "Calibration of the in-world backbones" in text  # the arms' frozen ID backbones are the world's
         assert "paper CLIP-I" not in text and "82.1" not in text  # not comparable to the tiny models
         assert "are not comparable to the embedded default" in text
         # Table rows: arms, reference rows and baselines, "mean [low, high]" cells.
@@ -182,6 +182,7 @@ def test_real_weight_report_shows_the_papers_columns(tmp_path, benchmark):
     assert "real weights (base models)" in md and "CLIP-I" in md
     assert PLACEMENT[True] in md and PLACEMENT[False] not in md
     assert "paper CLIP-I" in page and "paper DINO-I" in md
+    assert "Calibration of the in-world backbones" not in md  # real weights, real backbones
     rows = {cells[1].strip(): line for line in md.splitlines()
             if len(cells := line.split("|")) > 3 and cells[2].strip() in ("arm", "baseline", "reference row")}
     assert rows["dinov2"].rstrip(" |").endswith("82.1 | 67.8")  # Table 4, full method

@@ -48,14 +48,16 @@ TEMPLATES = (
     "a {texture} {shape} on a {background} background",
     "a {colour} object on a {background} background",
     "a {colour} {shape}",
+    # One attribute named, the others left out: the zero-shot prompts (`ZERO_SHOT_TEMPLATES`).
+    "a photo of a {colour} object",
+    "a photo of a {shape}",
+    "a photo of a {texture} object",
 )
-# Zero-shot prompts: one attribute named, the others left out (also caption phrasings, so seen in training).
 ZERO_SHOT_TEMPLATES = {
     "colour": "a photo of a {colour} object",
     "shape": "a photo of a {shape}",
     "texture": "a photo of a {texture} object",
 }
-TEMPLATES_WITH_ZERO_SHOT = TEMPLATES + tuple(ZERO_SHOT_TEMPLATES.values())
 
 SPECIAL_TOKENS = ("[PAD]", "[SOT]", "[UNK]", "[EOT]")
 CONTEXT_LENGTH = 20  # tokens per caption, [SOT] and [EOT] included; the longest caption has 15
@@ -127,7 +129,7 @@ def caption_vocabulary() -> list[str]:
     """Every word a caption or zero-shot prompt can hold, sorted."""
     fillers = {name: "" for name in ATTRIBUTES}
     words = set()
-    for template in TEMPLATES_WITH_ZERO_SHOT:
+    for template in TEMPLATES:
         words.update(_words(template.format(**fillers)))
     for vocabulary in (SHAPE_WORDS.values(), COLOUR_FAMILIES, TEXTURE_WORDS.values(), BACKGROUND_WORDS.values()):
         for word in vocabulary:
@@ -142,7 +144,7 @@ def longest_caption_tokens() -> int:
         "marker": COLOUR_FAMILIES, "background": BACKGROUND_WORDS.values(),
     }
     longest = {name: max(words, key=lambda w: len(_words(w))) for name, words in values.items()}
-    return max(len(_words(t.format(**longest))) for t in TEMPLATES_WITH_ZERO_SHOT) + 2
+    return max(len(_words(t.format(**longest))) for t in TEMPLATES) + 2
 
 
 def build_caption_tokenizer(out_dir: str | PathLike) -> Path:
