@@ -85,6 +85,13 @@ def resolve_metric_backbones(metric_backbones: str | None, random_backbones: boo
     return check_metric_backbones(default if metric_backbones is None else metric_backbones)
 
 
+def _default_option(backbones: MetricBackbones | None, default: str) -> str:
+    # Given backbones name their own source; otherwise the caller's default.
+    if backbones is None:
+        return default
+    return {source: option for option, source in METRIC_BACKBONES.items()}[backbones.source]
+
+
 def _backbones(backbones: MetricBackbones | None, metric_backbones: str) -> MetricBackbones:
     if backbones is None:
         return load_backbones(metric_backbones=metric_backbones)
@@ -275,8 +282,9 @@ def evaluate(
             share across arms; None loads those `metric_backbones` names.
         metric_backbones: "real" (downloaded CLIP/DINO weights), "world"
             (the embedded world's shipped backbones) or "random" (random
-            init); None: "world" for a pipeline of the tiny preset (64 px),
-            "real" otherwise. Rows record it as ``metric_source``.
+            init); None: the given `backbones`' own, else "world" for a
+            pipeline of the tiny preset (64 px) and "real" otherwise. Rows
+            record it as ``metric_source``.
         random_backbones: the older spelling of ``metric_backbones="random"``.
         batch_size: (pair, seed) images per pipeline call; results do not
             depend on it (one generator per image).
@@ -290,7 +298,9 @@ def evaluate(
         one row per (pair, seed), columns as in the module docstring.
     """
     pipeline.set_progress_bar_config(disable=True)
-    metric_backbones = resolve_metric_backbones(metric_backbones, random_backbones, default_metric_backbones(pipeline))
+    metric_backbones = resolve_metric_backbones(
+        metric_backbones, random_backbones, _default_option(backbones, default_metric_backbones(pipeline))
+    )
     config = {
         "detail_map": pipeline.config.detail_map,
         "id_extractor": _id_extractor_name(pipeline.id_extractor),
@@ -337,14 +347,13 @@ def evaluate_baseline(
     Both are deterministic; they still get one row per seed so that paired
     comparisons match them row for row (their diversity is 0). The arm is
     named `name`; the pipeline columns are None. `metric_backbones` defaults
-    to the given `backbones`' source, else "real".
+    to the given `backbones`' own, else "real".
     """
     if name not in BASELINES:
         raise ValueError(f"name={name!r} is not a baseline; choose one of {', '.join(BASELINES)}")
     config = {"detail_map": None, "id_extractor": None, "remove_background": None, "steps": None, "guidance": None,
               "shape_control": None}
-    given = None if backbones is None else {v: k for k, v in METRIC_BACKBONES.items()}[backbones.source]
-    metric_backbones = resolve_metric_backbones(metric_backbones, random_backbones, given or "real")
+    metric_backbones = resolve_metric_backbones(metric_backbones, random_backbones, _default_option(backbones, "real"))
 
     def compose(items: list[dict], seeds_: list[int]) -> list[np.ndarray]:
         return [_BASELINE_COMPOSITES[name](item) for item in items]

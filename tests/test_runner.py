@@ -118,9 +118,11 @@ def test_baselines_through_the_same_runner(benchmark, backbones, tmp_path):
 
 
 def test_metric_backbones_must_name_the_given_backbones(pipe, benchmark, backbones, monkeypatch):
-    # A tiny pipeline defaults to the in-world backbones: random ones must be asked for by name.
+    # Given backbones name their source; an option that says otherwise is refused.
     with pytest.raises(ValueError, match="given backbones are random.*metric_backbones='world'"):
-        evaluate(pipe, benchmark, SEEDS, STEPS, backbones=backbones, progress=False)
+        evaluate(pipe, benchmark, SEEDS, STEPS, backbones=backbones, metric_backbones="world", progress=False)
+    with pytest.raises(ValueError, match="given backbones are random.*metric_backbones='real'"):
+        evaluate_baseline("scene", benchmark, SEEDS, backbones=backbones, metric_backbones="real", progress=False)
     with pytest.raises(ValueError, match="random_backbones=True contradicts metric_backbones='real'"):
         evaluate(pipe, benchmark, SEEDS, STEPS, backbones=backbones, metric_backbones="real", random_backbones=True)
     with pytest.raises(ValueError, match="metric_backbones='calibrated' is not one of real, world, random"):
