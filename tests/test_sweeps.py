@@ -79,6 +79,20 @@ def test_expansion_shares_identical_runs(tiny_project, tmp_path):
     assert len(only) == 2 and shared[0].run_id in {r.run_id for r in only}
 
 
+def test_tiny_runs_carry_the_world_models_hash(tiny_project, tmp_path, monkeypatch):
+    """New world models (another manifest) give new run ids; runs of other presets do not carry it."""
+    from anydoor import world
+
+    root, data, train_config = tiny_project
+    spec = SweepSpec.load(write_spec(tmp_path / "spec.yaml", data, train_config, preset="tiny"))
+    runs = spec.expand()
+    assert {r.params["world_models"] for r in runs} == {world.manifest_sha256()}
+    monkeypatch.setattr(world, "manifest_sha256", lambda root=None: "f" * 64)
+    assert {r.run_id for r in spec.expand()}.isdisjoint({r.run_id for r in runs})
+    base = SweepSpec.load(write_spec(tmp_path / "base.yaml", data, train_config, preset="base"))
+    assert all("world_models" not in r.params for r in base.expand())
+
+
 def test_run_ids_are_stable_and_change_with_any_parameter():
     params = {"a": 1, "b": [0, 1], "c": "x"}
     assert run_id(params) == run_id(dict(reversed(list(params.items()))))
@@ -238,7 +252,8 @@ def test_runs_differing_in_evaluation_or_identity_share_one_trained_model():
                                   seeds=[0], num_inference_steps=10, shape_control=True, wandb_project="other")
     assert trained_model_key(full) == trained_model_key(guidance_1)
     for change in (dict(max_steps=10), dict(detail_map="rgb"), dict(train_seed=1), dict(train_config="other.yaml"),
-                   dict(conditioning_dropout=0.1), dict(learning_rate=2e-3)):
+                   dict(conditioning_dropout=0.1), dict(learning_rate=2e-3), dict(world_models="0" * 64),
+                   dict(id_backbone="random")):
         assert trained_model_key(_notebook_params(**change)) != trained_model_key(full), change
 
 

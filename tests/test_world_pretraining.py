@@ -42,9 +42,12 @@ def test_render_batch_shapes_masks_and_white_backgrounds(bank):
     assert {a.background for a in batch.attributes} == {"white"}
     on_scenes = render_batch(bank, 6, 48, np.random.default_rng(0), white_prob=0.0)
     assert "white" not in {a.background for a in on_scenes.attributes}
+    from anydoor.data.captions import TEMPLATES, object_attributes
+
     captions = batch.captions(np.random.default_rng(1))
-    assert all(bank[k].colour in c or bank[k].shape.split("_")[0] in c or "white" in c
-               for k, c in zip(batch.objects, captions))
+    for k, text, attrs in zip(batch.objects, captions, batch.attributes):
+        assert attrs == object_attributes(bank[k], "white")
+        assert text in {t.format(**attrs.words()) for t in TEMPLATES}
 
 
 def test_random_views_crop_turn_and_keep_hue():
@@ -95,7 +98,7 @@ def test_clip_recipe_fits_a_repeated_batch(bank, tmp_path):
     tokenizer = HFTokenizer(str(build_caption_tokenizer(tmp_path)), context_length=CONTEXT_LENGTH)
     batch = render_batch(bank, 4, 32, np.random.default_rng(0), white_prob=0.5)
     settings = ClipSettings(vision=TINY_VISION, embed_dim=32, text_width=32, text_heads=2, text_layers=2,
-                            render_size=32, steps=30, batch_size=4, warmup_steps=3, learning_rate=3e-3, seed=0)
+                            render_size=32, steps=60, batch_size=4, warmup_steps=3, learning_rate=3e-3, seed=0)
     # The same four renders every step (their captions' phrasings still vary).
     run = train_clip(settings, bank, tokenizer, progress=False, batches=itertools.repeat(batch))
     chance = np.log(4)  # InfoNCE of a batch of 4 that matches nothing
@@ -194,10 +197,12 @@ def test_pretrain_world_stages_are_redone_only_when_their_inputs_change(tmp_path
     victim.unlink()
     with pytest.raises(world.WorldModelError, match=r"model.safetensors.*is missing.*anydoor pretrain-world"):
         world.verified_folder(world.METRIC_DINO_DIR, out)
-    # A rerun notices and rebuilds exactly that stage (and the calibration).
+    # A rerun notices and rebuilds exactly that stage; training is deterministic, so the file comes
+    # back with the same hash and the calibration that reads it stays up to date.
     logs.clear()
-    pretrain_world(out, **kwargs)
-    assert [line.split()[1].rstrip(":") for line in logs if "training" in line] == ["metric_dino", "calibration"]
+    rebuilt = pretrain_world(out, **kwargs)
+    assert [line.split()[1].rstrip(":") for line in logs if "training" in line] == ["metric_dino"]
+    assert rebuilt["stages"]["metric_dino"]["files"] == again["stages"]["metric_dino"]["files"]
 
 
 def test_pretrain_world_refuses_unknown_stages(tmp_path):

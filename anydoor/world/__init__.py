@@ -106,12 +106,13 @@ def register_open_clip(root: str | PathLike | None = None) -> str:
     builds the world CLIP like any named model. Returns the name."""
     import open_clip
 
-    config_dir = Path(root or world_dir()) / OPEN_CLIP_CONFIG_DIR
-    if not (config_dir / f"{CLIP_MODEL_NAME}.json").is_file():
-        raise WorldModelError(f"open_clip config {str(config_dir / (CLIP_MODEL_NAME + '.json'))!r} is missing; "
-                              f"rebuild with `{REBUILD_COMMAND}`")
-    if open_clip.get_model_config(CLIP_MODEL_NAME) is None:
-        open_clip.add_model_config(config_dir)
+    path = Path(root or world_dir()) / OPEN_CLIP_CONFIG_DIR / f"{CLIP_MODEL_NAME}.json"
+    if not path.is_file():
+        raise WorldModelError(f"open_clip config {str(path)!r} is missing; rebuild with `{REBUILD_COMMAND}`")
+    # open_clip's registry is per process and the last registered file of a name wins: register this
+    # root's config unless the name already holds exactly it (another root may have registered first).
+    if open_clip.get_model_config(CLIP_MODEL_NAME) != json.loads(path.read_text()):
+        open_clip.add_model_config(path)
     return CLIP_MODEL_NAME
 
 

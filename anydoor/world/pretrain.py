@@ -303,8 +303,9 @@ def pretrain_world(out: str | PathLike, only=None, work: str | PathLike = "outpu
     path = out / MANIFEST
     manifest = json.loads(path.read_text()) if path.is_file() else {}
     manifest.setdefault("stages", {})
+    # The command that rebuilds everything; each stage records the command that ran it.
     manifest.update(pretrain_seed=PRETRAIN_SEED, calibration_seed=CALIBRATION_SEED, objects=objects,
-                    command=command or f"anydoor pretrain-world --out {out}")
+                    command=f"anydoor pretrain-world --out {out}")
     for stage in STAGES:
         if stage.name not in only:
             continue
@@ -321,6 +322,7 @@ def pretrain_world(out: str | PathLike, only=None, work: str | PathLike = "outpu
         seconds = time.perf_counter() - start
         files = [f for folder in stage.folders for f in _files_of(out, folder)]
         record = {"inputs": key, "seconds": round(seconds, 1), "files": files, "log": result, "commit": _commit(),
+                  "command": command or f"anydoor pretrain-world --out {out}",
                   "outputs": _hash_json(files if files else result)}
         manifest["stages"][stage.name] = record
         if stage.name == "calibration":
