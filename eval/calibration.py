@@ -124,19 +124,35 @@ def retrieval_scores(ranks: np.ndarray, floor_ranks: np.ndarray | None = None, s
 
 def sanity(embedder, crops: CalibrationCrops, seed: int = 0) -> dict:
     """Similarity x100 of (true target, reference) against (another object's target, reference) and
-    (blurred true target, reference), paired over objects. The other object is a fixed-seed derangement."""
+    (blurred true target, reference), paired over objects. The other object is a fixed-seed derangement.
+
+    Also the mean similarity of a reference to the targets of the *other objects of its colour family*
+    (where the attributes name one): what a composite of the right colour but the wrong instance
+    would score, the level between "another object" and "the true target" an arm must clear to show
+    instance identity rather than colour.
+    """
     refs = embed(embedder, crops.references)
-    true = (embed(embedder, crops.targets) * refs).sum(1).numpy() * 100.0
+    targets = embed(embedder, crops.targets)
+    true = (targets * refs).sum(1).numpy() * 100.0
     blurred = (embed(embedder, crops.blurred_targets) * refs).sum(1).numpy() * 100.0
     other = derangement(len(refs), np.random.default_rng(seed))
-    wrong = (embed(embedder, [crops.targets[j] for j in other]) * refs).sum(1).numpy() * 100.0
-    return {
+    wrong = (targets[other] * refs).sum(1).numpy() * 100.0
+    result = {
         "true_target": _mean_ci(true, seed),
         "other_object": _mean_ci(wrong, seed),
         "blurred_target": _mean_ci(blurred, seed),
         "true_minus_other": _mean_ci(true - wrong, seed),
         "true_minus_blurred": _mean_ci(true - blurred, seed),
     }
+    families = np.array([a.get("colour") for a in crops.attributes], dtype=object)
+    similarity = (targets @ refs.T).numpy() * 100.0  # [target j, reference i]
+    same = (families[:, None] == families[None, :]) & ~np.eye(len(refs), dtype=bool) & (families[:, None] != None)  # noqa: E711
+    has = same.any(axis=0)
+    if has.any():
+        same_family = (similarity * same).sum(axis=0)[has] / same.sum(axis=0)[has]
+        result["same_family_other"] = _mean_ci(same_family, seed)
+        result["true_minus_same_family"] = _mean_ci(true[has] - same_family, seed)
+    return result
 
 
 def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -283,6 +299,7 @@ def sanity_frame(calibration: dict):
     for name, s in calibration["sanity"].items():
         rows.append({"metric backbone": BACKBONE_NAMES.get(name, name), "true target": _fmt(s["true_target"], 1),
                      "other object": _fmt(s["other_object"], 1), "true minus other": _fmt(s["true_minus_other"], 1, True),
+                     "other object, same colour family": _fmt(s["same_family_other"], 1) if "same_family_other" in s else "",
                      "blurred target": _fmt(s["blurred_target"], 1),
                      "true minus blurred": _fmt(s["true_minus_blurred"], 1, True)})
     return pd.DataFrame(rows)

@@ -392,8 +392,9 @@ def _world_calibration(doc: _Document) -> None:
              "other lighting (anydoor/world/manifest.json). Instance retrieval: the target's object crop retrieves "
              "its own reference among all; each backbone beside its random-init floor (the same network untrained).")
     doc.table(retrieval_frame(calibration), index=False)
-    doc.para("Metric sanity: similarity x100 of the reference to its true target, to another object's target, and "
-             "to its true target blurred (sigma 3), paired over the objects.")
+    doc.para("Metric sanity: similarity x100 of the reference to its true target, to another object's target, to "
+             "the targets of the other objects of its colour family (what the right colour in the wrong instance "
+             "scores), and to its true target blurred (sigma 3), paired over the objects.")
     doc.table(sanity_frame(calibration), index=False)
     doc.para("Zero-shot attribute accuracy from caption prompts:")
     doc.table(zero_shot_frame(calibration), index=False)

@@ -56,10 +56,16 @@ def test_sanity_on_a_backbone_that_sees_colour(tmp_path):
 
     colours = [(250, 10, 10), (10, 250, 10), (10, 10, 250), (250, 250, 10)]
     crops = [np.full((8, 8, 3), c, np.uint8) for c in colours]
+    # a and d share a colour family by their attributes (the embedder sees different colours).
     data = CalibrationCrops(pair_ids=list("abcd"), references=crops, targets=crops, blurred_targets=crops,
-                            attributes=[{}] * 4)
+                            attributes=[{"colour": "red"}, {"colour": "green"}, {"colour": "blue"}, {"colour": "red"}])
     embedder = ImageEmbedder(MeanColour(), "clip", "mean-colour", 8, (0, 0, 0), (1, 1, 1), source="in-world")
     result = sanity(embedder, data)
     assert result["true_target"]["mean"] == pytest.approx(100.0)
     assert result["true_minus_other"]["mean"] > 10.0 and result["true_minus_other"]["ci"][0] > 0
     assert result["true_minus_blurred"]["mean"] == pytest.approx(0.0, abs=1e-4)
+    # Only a and d have a same-family other: the cosine of (250, 10, 10) and (250, 250, 10), x100, both ways.
+    u, v = np.array([250.0, 10, 10]), np.array([250.0, 250, 10])
+    expected = 100 * u @ v / np.linalg.norm(u) / np.linalg.norm(v)
+    assert result["same_family_other"]["mean"] == pytest.approx(expected, rel=1e-4)
+    assert result["true_minus_same_family"]["mean"] == pytest.approx(100 - expected, rel=1e-4)

@@ -23,7 +23,7 @@ from anydoor.data.datasets import (
     VideoPairDataset,
     read_label_map,
 )
-from anydoor.data.pairs import PairConfig
+from anydoor.data.pairs import PairConfig, PairRejected
 
 S = 32  # target side of the tiny pairs
 CONFIG = PairConfig(image_size=S)
@@ -337,6 +337,31 @@ def test_image_mask_threshold_binarises_soft_masks(tmp_path):
     _save(tmp_path / "mk" / "x.png", soft)
     item = ImageMaskDataset(tmp_path / "im", tmp_path / "mk", CONFIG, threshold=128)[0]
     assert item["pair_id"] == "x/1"
+
+
+def test_image_mask_binary_masks_as_users_have_them(tmp_path):
+    """masks='binary': one object per file, PNG or JPEG in any mode, by the user-mask rule (> 128)."""
+    rng = np.random.default_rng(5)
+    image, labels = _frame(rng, [(1, (24, 24), 12)])
+    truth = labels > 0
+    on = np.where(truth, 200, 0).astype(np.uint8)
+    _save(tmp_path / "im" / "rgb.png", image)
+    _save(tmp_path / "mk" / "rgb.png", np.dstack([on, np.zeros_like(on), np.zeros_like(on)]))  # red on black
+    _save(tmp_path / "im" / "jpg.png", image)
+    PIL.Image.fromarray(np.where(truth, 255, 0).astype(np.uint8)).save(tmp_path / "mk" / "jpg.jpg", quality=95)
+    _save(tmp_path / "im" / "empty.png", image)
+    _save(tmp_path / "mk" / "empty.png", np.zeros_like(on))
+    ds = ImageMaskDataset(tmp_path / "im", tmp_path / "mk", CONFIG, masks="binary", max_tries=1)
+    assert [stem for stem, _, _ in ds.items] == ["empty", "jpg", "rgb"]
+    assert np.array_equal(ds._candidate(2, np.random.default_rng(0))[1], truth)  # the red channel is above 128
+    from_jpeg = ds._candidate(1, np.random.default_rng(0))[1]
+    assert (from_jpeg & truth).sum() / (from_jpeg | truth).sum() > 0.98  # JPEG may move an edge pixel
+    with pytest.raises(PairRejected, match="empty: no pixel is set"):
+        ds._candidate(0, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="masks must be one of"):
+        ImageMaskDataset(tmp_path / "im", tmp_path / "mk", masks="soft")
+    with pytest.raises(ValueError, match="threshold applies to masks='ids' only"):
+        ImageMaskDataset(tmp_path / "im", tmp_path / "mk", masks="binary", threshold=128)
 
 
 def test_image_mask_errors(image_folder, tmp_path):

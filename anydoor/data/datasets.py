@@ -283,14 +283,23 @@ class VideoPairDataset(_TrainingPairs):
 class ImageMaskDataset(_TrainingPairs):
     """Single images with object masks (saliency sets, SAM, LVIS): reference = target = the image.
 
-    Images in `image_dir` (jpg/png/...) pair with ``<stem>.png`` masks in
-    `mask_dir`; images without a mask are not used. Mask values are object
-    ids (0 = background; a {0, 255} or {0, 1} mask is one object); each draw
-    picks one object. Soft-edged masks: pass `threshold` (e.g. 128) to
-    binarise them into one object instead.
+    Images in `image_dir` (jpg/png/...) pair with masks of the same stem in
+    `mask_dir`; images without a mask are not used. `masks` says what a mask
+    file holds:
+
+    - "ids" (SAM, LVIS instance maps): ``<stem>.png`` of object ids (palette
+      or grayscale; 0 = background; a {0, 255} or {0, 1} mask is one object);
+      each draw picks one object. Soft-edged masks: pass `threshold` (e.g.
+      128) to binarise them into one object instead.
+    - "binary" (saliency sets, masks as users have them): one object per
+      file, ``<stem>.png`` or ``.jpg``/``.jpeg`` in any mode, read by
+      `anydoor.data.images.load_mask_file` (a colour channel above 128, a
+      palette index not 0); a file it refuses is a rejected pair.
     """
 
-    layout = "image_dir/<stem>.jpg|png and mask_dir/<stem>.png (values: object ids, 0 = background)"
+    layout = "image_dir/<stem>.jpg|png and mask_dir/<stem>.png (masks='ids') or <stem>.png|jpg (masks='binary')"
+    MASKS = ("ids", "binary")
+    _BINARY_SUFFIXES = (".png", ".jpg", ".jpeg")
 
     def __init__(
         self,
@@ -301,15 +310,22 @@ class ImageMaskDataset(_TrainingPairs):
         seed: int = 0,
         max_tries: int = DEFAULT_MAX_TRIES,
         threshold: int | None = None,
+        masks: str = "ids",
     ):
+        if masks not in self.MASKS:
+            raise ValueError(f"masks must be one of {self.MASKS}, got {masks!r}")
+        if threshold is not None and masks != "ids":
+            raise ValueError(f"threshold applies to masks='ids' only, got masks={masks!r}")
         image_dir = _as_dir(image_dir, "image_dir", self.layout)
         mask_dir = _as_dir(mask_dir, "mask_dir", self.layout)
         super().__init__(image_dir, PairConfig() if config is None else config, kind, seed, max_tries)
-        self.image_dir, self.mask_dir = image_dir, mask_dir
+        self.image_dir, self.mask_dir, self.masks = image_dir, mask_dir, masks
         self.threshold = None if threshold is None else _check_int("threshold", threshold, 1)
         images = _image_files(image_dir)
-        masked = {stem: mask_dir / f"{stem}.png" for stem in images}
-        self.items = [(stem, path, masked[stem]) for stem, path in images.items() if masked[stem].is_file()]
+        suffixes = (".png",) if masks == "ids" else self._BINARY_SUFFIXES
+        masked = {stem: next((mask_dir / f"{stem}{x}" for x in suffixes if (mask_dir / f"{stem}{x}").is_file()), None)
+                  for stem in images}
+        self.items = [(stem, path, masked[stem]) for stem, path in images.items() if masked[stem] is not None]
         if not self.items:
             raise ValueError(
                 f"no image in image_dir {str(image_dir)!r} ({len(images)} images) has a mask <stem>.png in "
@@ -324,6 +340,13 @@ class ImageMaskDataset(_TrainingPairs):
 
     def _candidate(self, j, rng):
         stem, image_path, mask_path = self.items[j]
+        if self.masks == "binary":
+            image = read_rgb(image_path)
+            try:
+                mask = load_mask_file(mask_path, "object", shape=image.shape[:2])
+            except ValueError as err:
+                raise PairRejected("bad_mask", str(err)) from None
+            return image, mask, image, mask, f"{stem}/1"
         image, labels = read_rgb(image_path), read_label_map(mask_path)
         _check_same_size(image, labels, image_path, mask_path)
         if self.threshold is not None:

@@ -34,6 +34,7 @@ class DataSourceConfig:
     loader: str = "video"  # "video": pairs of frames of one object; "image_mask": reference = target
     kind: str = "video"  # ATS kind: "video" | "image" | "multiview" (DESIGN.md "Data sources")
     weight: float = 1.0  # relative sampling weight in the mixture
+    masks: str = "ids"  # image_mask: "ids" (object-id maps, <stem>.png) | "binary" (one object per file, PNG/JPEG, any mode)
 
 
 @dataclass
@@ -188,6 +189,7 @@ def validate_config(config: TrainConfig) -> TrainConfig:
             raise ValueError(f"config key 'data.{i}.path' is empty")
         _check_choice(f"data.{i}.loader", source.loader, LOADERS)
         _check_choice(f"data.{i}.kind", source.kind, KINDS)
+        _check_choice(f"data.{i}.masks", source.masks, ("ids", "binary"))
         if not source.weight > 0:
             raise ValueError(f"config key 'data.{i}.weight' must be > 0, got {source.weight!r}")
     model = config.model

@@ -176,7 +176,8 @@ def _build_dataset(config: TrainConfig, image_size: int):
             if source.loader == "video":
                 dataset = VideoPairDataset(path, pair_config, kind=source.kind, seed=seed)
             else:
-                dataset = ImageMaskDataset(path / "images", path / "masks", pair_config, kind=source.kind, seed=seed)
+                dataset = ImageMaskDataset(path / "images", path / "masks", pair_config, kind=source.kind, seed=seed,
+                                           masks=source.masks)
         except (FileNotFoundError, ValueError, TypeError) as err:
             raise type(err)(f"config key 'data.{i}' ({source.loader} source {source.path!r}): {err}") from None
         if len(dataset) == 0:

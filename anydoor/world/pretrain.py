@@ -26,6 +26,7 @@ from os import PathLike
 from pathlib import Path
 
 from anydoor.data.world_views import CALIBRATION_SEED, PRETRAIN_SEED
+from anydoor.presets import ID_IMAGE_SIZE, TINY_CROSS_ATTENTION_DIM, tiny_clip_vision_config, tiny_dinov2_config
 from anydoor.training.world_clip import ClipSettings
 from anydoor.training.world_dino import DinoSettings
 from anydoor.world import (
@@ -46,33 +47,15 @@ METRIC_CLIP_CONFIG = "vision_config.json"
 METRIC_CLIP_WEIGHTS = "model.safetensors"
 
 
-def _tiny_dinov2() -> dict:
-    from anydoor.presets import ID_IMAGE_SIZE, tiny_dinov2_config
-
-    return {**tiny_dinov2_config(), "image_size": ID_IMAGE_SIZE}
-
-
-def _cross_attention_dim() -> int:
-    # The text tower's token width is the UNet's cross-attention width (SD2.1 reads OpenCLIP-H's 1024).
-    from anydoor.presets import TINY_CROSS_ATTENTION_DIM
-
-    return TINY_CROSS_ATTENTION_DIM
-
-
-def _tiny_clip_vision() -> dict:
-    from anydoor.presets import tiny_clip_vision_config
-
-    return tiny_clip_vision_config()
-
-
 # The four models (DESIGN.md section 4's table), each sized to its budget on 2 CPU cores (about 12, 15, 7
 # and 7 minutes). Seeds differ, and the metric models have shapes of their own (64 px inputs, the generated
 # crops' size), so no arm is scored in its own ID backbone's embedding space.
-CLIP_SETTINGS = ClipSettings(vision=_tiny_clip_vision(), text_width=_cross_attention_dim(), steps=750, batch_size=128,
-                             seed=11)
+# The CLIP-like model's text width is the UNet's cross-attention width (SD2.1 reads OpenCLIP-H's 1024).
+CLIP_SETTINGS = ClipSettings(vision=tiny_clip_vision_config(), text_width=TINY_CROSS_ATTENTION_DIM, steps=750,
+                             batch_size=128, seed=11)
 DINOV2_SETTINGS = DinoSettings(
-    architecture="dinov2", backbone=_tiny_dinov2(), ibot=True, global_size=112, local_size=56,
-    steps=2600, highres_steps=200, batch_size=64, seed=12,
+    architecture="dinov2", backbone={**tiny_dinov2_config(), "image_size": ID_IMAGE_SIZE}, ibot=True,
+    global_size=112, local_size=56, steps=2600, highres_steps=200, batch_size=64, seed=12,
 )
 METRIC_CLIP_SETTINGS = ClipSettings(
     vision=dict(image_size=64, layers=4, width=96, head_width=32, patch_size=8),
