@@ -196,18 +196,20 @@ BACKBONE_NAMES = {
 }
 
 
-def world_embedders(root, settings: dict) -> dict:
+def world_embedders(root, settings: dict, clip=None) -> dict:
     """{name: (trained embedder, random-init floor)} for the four world backbones in `root`.
 
     Each floor is the same network at the weights its training started from
-    (same shape, same init seed), built from the stage's `settings`.
+    (same shape, same init seed), built from the stage's `settings`. `clip`: the
+    world CLIP if already loaded (`anydoor.world.load_clip`).
     """
     from anydoor.training.world_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, build_model, model_config
     from anydoor.training.world_dino import IMAGENET_MEAN, IMAGENET_STD, build_backbone
     from anydoor.world import load_clip, load_dinov2
     from eval.backbones import ImageEmbedder, load_world_backbones
 
-    clip, _ = load_clip(root)
+    if clip is None:
+        clip, _ = load_clip(root)
     metric = load_world_backbones(root)
     s = settings
     clip_floor = build_model(model_config(s["clip"]), s["clip"].seed).visual
@@ -243,7 +245,8 @@ def calibrate_world(root, crops: CalibrationCrops, settings: dict, seed: int = 0
     from anydoor.training.world_clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
     from anydoor.world import load_clip, load_manifest
 
-    embedders = world_embedders(root, settings)
+    clip, tokenizer = load_clip(root)
+    embedders = world_embedders(root, settings, clip)
     retrieval, ranks = {}, {}
     for name, (trained, floor) in embedders.items():
         ranks[name] = retrieval_ranks(embed(trained, crops.targets), embed(trained, crops.references))
@@ -253,7 +256,6 @@ def calibrate_world(root, crops: CalibrationCrops, settings: dict, seed: int = 0
             **retrieval_scores(ranks[name], floor_ranks, seed),
             "floor": retrieval_scores(floor_ranks, seed=seed),
         }
-    clip, tokenizer = load_clip(root)
     clip_size = settings["clip"].vision["image_size"]
     zero_shot = {
         "clip": zero_shot_accuracy(clip, tokenizer, clip_size, crops, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
