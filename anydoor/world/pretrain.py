@@ -245,8 +245,9 @@ def _commit() -> str:
     try:
         root = Path(__file__).resolve().parents[2]
         sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "anydoor", "eval"],
-                               capture_output=True, text=True, check=True)
+        # Tracked changes only: the stage's own outputs are new files while it runs.
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+                                "anydoor", "eval"], capture_output=True, text=True, check=True)
         return sha.stdout.strip() + ("+uncommitted" if dirty.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
