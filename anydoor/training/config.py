@@ -37,6 +37,10 @@ class DataSourceConfig:
     masks: str = "ids"  # image_mask: "ids" (object-id maps, <stem>.png) | "binary" (one object per file, PNG/JPEG, any mode)
 
 
+WORLD_MODEL = "world"  # model.vae / model.base_unet: the embedded world's shipped model (`anydoor.world`)
+TINY_TRAINABLE = "full_unet"  # the tiny preset's default trainable set (docs/WORLD_MODELS.md, issue 26)
+
+
 @dataclass
 class ModelConfig:
     preset: str = "tiny"  # "tiny": the embedded default (random init); "base": SD2.1-base + ID backbone
@@ -49,10 +53,13 @@ class ModelConfig:
     id_extractor: str = "dinov2"  # "dinov2" | "dinov2-global" | "clip" (paper Table 4)
     detail_map: str = "hf"  # what the collage shows: "hf" | "rgb" | "noise" | "shuffle" | "none" (Table 5)
     remove_background: bool = True  # white out the reference background (Table 4's last row)
-    vae: str | None = None  # tiny: folder of the trained tiny VAE (`anydoor train-vae`); None = untrained
-    base_unet: str | None = None  # tiny: the pretrained tiny UNet (`anydoor train-base`, SD2.1's stand-in); None = random init
+    # tiny: "world" (the shipped world VAE, `anydoor.world`), a folder of one (`anydoor train-vae`), None = untrained
+    vae: str | None = WORLD_MODEL
+    # tiny: "world" (the shipped caption-conditioned base UNet, SD2.1's stand-in), a folder of a UNet
+    # (`anydoor train-base`), None = random init
+    base_unet: str | None = WORLD_MODEL
     # "released" (detail extractor + UNet decoder + projector) | "full_unet" (+ the whole UNet);
-    # None = "released" for the base preset, "full_unet" for the tiny one (its UNet is not pretrained)
+    # None = "released" for the base preset, TINY_TRAINABLE for the tiny one
     trainable: str | None = None
 
 
@@ -205,10 +212,10 @@ def validate_config(config: TrainConfig) -> TrainConfig:
 
         _check_choice("model.id_backbone", model.id_backbone, ID_BACKBONES)
     if model.trainable is None:
-        model = dataclasses.replace(model, trainable="released" if model.preset == "base" else "full_unet")
+        model = dataclasses.replace(model, trainable="released" if model.preset == "base" else TINY_TRAINABLE)
         config = dataclasses.replace(config, model=model)
     _check_choice("model.trainable", model.trainable, TRAINABLE_RECIPES)
-    if model.preset == "base" and model.vae is not None:
+    if model.preset == "base" and model.vae not in (None, WORLD_MODEL):
         raise ValueError("config key 'model.vae' applies to the tiny preset only; the base preset uses SD2.1's VAE")
     _check_choice("lr_scheduler", config.lr_scheduler, LR_SCHEDULERS)
     _check_choice("mixed_precision", config.mixed_precision, MIXED_PRECISION)

@@ -55,7 +55,7 @@ from anydoor.training.checkpoints import (
     remove_stale_temporaries,
     resolve_resume,
 )
-from anydoor.training.config import TrainConfig, config_from_dict, config_to_dict, load_config, save_config
+from anydoor.training.config import WORLD_MODEL, TrainConfig, config_from_dict, config_to_dict, load_config, save_config
 from anydoor.training.timesteps import sample_timesteps
 
 STATE_FILE = "training_state.pt"
@@ -116,13 +116,21 @@ def _build_components(config: TrainConfig) -> dict:
     """Fresh components: the embedded tiny preset or SD2.1-base + an ID backbone."""
     model = config.model
     if model.preset == "tiny":
-        vae = _load_saved(
-            AutoencoderKL, model.vae, "model.vae", "VAE", "train one with `anydoor train-vae --data DIR --out DIR`"
-        )
-        unet = _load_saved(
-            UNet2DConditionModel, model.base_unet, "model.base_unet", "UNet",
-            "pretrain one with `anydoor train-base --data DIR --vae DIR --out DIR`",
-        )
+        from anydoor import world
+
+        if model.vae == WORLD_MODEL:
+            vae = world.load_vae()
+        else:
+            vae = _load_saved(
+                AutoencoderKL, model.vae, "model.vae", "VAE", "train one with `anydoor train-vae --data DIR --out DIR`"
+            )
+        if model.base_unet == WORLD_MODEL:
+            unet = world.load_base_unet()
+        else:
+            unet = _load_saved(
+                UNet2DConditionModel, model.base_unet, "model.base_unet", "UNet",
+                "pretrain one with `anydoor train-base --data DIR --vae DIR --out DIR`",
+            )
         return tiny_components(seed=config.seed, id_extractor=model.id_extractor, vae=vae, unet=unet,
                                id_backbone=model.id_backbone)
     projector_generator = torch.Generator().manual_seed(config.seed)

@@ -11,6 +11,8 @@ synthetic world and committed here as small safetensors, so an installed
 | ``dinov2/`` | the DINOv2-like ID backbone (transformers `Dinov2Model`) | `load_dinov2` |
 | ``metric_clip/`` | the CLIP-I metric model's image tower (open_clip `VisionTransformer`) | `eval.backbones.load_world_backbones` |
 | ``metric_dino/`` | the DINO-I metric backbone (transformers `ViTModel`) | same |
+| ``vae/`` | the tiny VAE (diffusers `AutoencoderKL`, x4, 4 latent channels): SD2.1's VAE's stand-in | `load_vae` |
+| ``base_unet/`` | the caption-conditioned tiny UNet (diffusers `UNet2DConditionModel`) reading the CLIP text tower's tokens: SD2.1's UNet's stand-in, every AnyDoor arm starts from it | `load_base_unet` |
 
 ``manifest.json`` lists every file with its sha256, the command and commit
 that produced them, the seeds, each stage's training time and the
@@ -31,10 +33,11 @@ MANIFEST = "manifest.json"
 CLIP_MODEL_NAME = "anydoor-world-clip"  # the open_clip model name the shipped config registers
 OPEN_CLIP_CONFIG_DIR = "open_clip"  # open_clip model configs (<name>.json), for open_clip.add_model_config
 CLIP_DIR, DINOV2_DIR, METRIC_CLIP_DIR, METRIC_DINO_DIR = "clip", "dinov2", "metric_clip", "metric_dino"
+VAE_DIR, BASE_UNET_DIR = "vae", "base_unet"  # diffusers `save_pretrained` folders (fp16 weights)
 CLIP_WEIGHTS = "open_clip_model.safetensors"
 REBUILD_COMMAND = "anydoor pretrain-world --out anydoor/world"
 # The stages of `anydoor pretrain-world` (anydoor.world.pretrain.STAGES), in order.
-STAGE_NAMES = ("clip", "dinov2", "metric_clip", "metric_dino", "calibration")
+STAGE_NAMES = ("clip", "dinov2", "metric_clip", "metric_dino", "calibration", "vae", "base_unet")
 
 
 class WorldModelError(FileNotFoundError):
@@ -145,3 +148,29 @@ def load_dinov2(root: str | PathLike | None = None):
     from transformers import Dinov2Model
 
     return Dinov2Model.from_pretrained(dinov2_path(root)).eval()
+
+
+def vae_path(root: str | PathLike | None = None) -> Path:
+    """The world VAE's `save_pretrained` folder (hash-checked): SD2.1's VAE's stand-in."""
+    return verified_folder(VAE_DIR, root)
+
+
+def base_unet_path(root: str | PathLike | None = None) -> Path:
+    """The caption-conditioned base UNet's `save_pretrained` folder (hash-checked): SD2.1's UNet's stand-in."""
+    return verified_folder(BASE_UNET_DIR, root)
+
+
+def load_vae(root: str | PathLike | None = None):
+    """The world VAE (diffusers `AutoencoderKL`, float32, eval mode)."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(vae_path(root), torch_dtype=torch.float32).eval()
+
+
+def load_base_unet(root: str | PathLike | None = None):
+    """The caption-conditioned base UNet (diffusers `UNet2DConditionModel`, float32, eval mode)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel.from_pretrained(base_unet_path(root), torch_dtype=torch.float32).eval()

@@ -27,9 +27,12 @@ from pathlib import Path
 
 from anydoor.data.world_views import CALIBRATION_SEED, PRETRAIN_SEED
 from anydoor.presets import ID_IMAGE_SIZE, TINY_CROSS_ATTENTION_DIM, tiny_clip_vision_config, tiny_dinov2_config
+from anydoor.training.world_base import WorldBaseSettings
 from anydoor.training.world_clip import ClipSettings
 from anydoor.training.world_dino import DinoSettings
+from anydoor.training.world_vae import WorldVAESettings
 from anydoor.world import (
+    BASE_UNET_DIR,
     CLIP_DIR,
     CLIP_MODEL_NAME,
     CLIP_WEIGHTS,
@@ -39,6 +42,7 @@ from anydoor.world import (
     METRIC_DINO_DIR,
     OPEN_CLIP_CONFIG_DIR,
     STAGE_NAMES,
+    VAE_DIR,
     sha256_file,
 )
 
@@ -67,6 +71,11 @@ METRIC_DINO_SETTINGS = DinoSettings(
                   patch_size=8, image_size=64),
     global_size=64, local_size=32, steps=750, batch_size=64, seed=14,
 )
+
+
+# SD2.1's stand-ins (issue 26): the VAE, then the caption-conditioned base UNet on its latents.
+VAE_SETTINGS = WorldVAESettings(steps=7000)  # about 22 minutes on 2 cores
+BASE_UNET_SETTINGS = WorldBaseSettings()
 
 
 @dataclass(frozen=True)
@@ -217,10 +226,45 @@ def _run_calibration(ctx: Context) -> dict:
     return calibrate_world(ctx.out, ctx.calibration_crops(), ctx.settings)
 
 
+def _run_vae(ctx: Context) -> dict:
+    import torch
+    from diffusers import AutoencoderKL
+
+    from anydoor.training.world_vae import held_out_crops, reconstruction_scores, train_world_vae
+
+    settings = ctx.settings["vae"]
+    held = held_out_crops(settings.image_size)
+    run = train_world_vae(settings, ctx.bank(), ctx.progress, held_out=held)
+    run.vae.to(torch.float16).save_pretrained(ctx.out / VAE_DIR)  # fp16 storage (issue 30)
+    # The shipped (fp16) weights' scores, loaded as every user loads them.
+    shipped = AutoencoderKL.from_pretrained(ctx.out / VAE_DIR, torch_dtype=torch.float32).eval()
+    return {**run.log(), "shipped": reconstruction_scores(shipped, *held)}
+
+
+def _run_base_unet(ctx: Context) -> dict:
+    import torch
+    from diffusers import AutoencoderKL
+    from open_clip.tokenizer import HFTokenizer
+
+    import open_clip
+    from anydoor.data.captions import CONTEXT_LENGTH
+    from anydoor.models.caption_encoder import CaptionEncoder
+    from anydoor.training.world_base import train_world_base
+    from anydoor.world import register_open_clip
+
+    # This stage's inputs are files of `ctx.out` (not yet in the manifest while a rebuild runs).
+    clip = open_clip.create_model(register_open_clip(ctx.out), pretrained=str(ctx.out / CLIP_DIR / CLIP_WEIGHTS))
+    encoder = CaptionEncoder(clip.eval(), HFTokenizer(str(ctx.out / CLIP_DIR), context_length=CONTEXT_LENGTH))
+    vae = AutoencoderKL.from_pretrained(ctx.out / VAE_DIR, torch_dtype=torch.float32).eval()
+    run = train_world_base(ctx.settings["base_unet"], ctx.bank(), vae, encoder, ctx.progress)
+    run.unet.to(torch.float16).save_pretrained(ctx.out / BASE_UNET_DIR)
+    return run.log()
+
+
 def stage_settings() -> dict:
     """Each model stage's settings (the calibration builds each random-init floor from them)."""
     return {"clip": CLIP_SETTINGS, "dinov2": DINOV2_SETTINGS, "metric_clip": METRIC_CLIP_SETTINGS,
-            "metric_dino": METRIC_DINO_SETTINGS}
+            "metric_dino": METRIC_DINO_SETTINGS, "vae": VAE_SETTINGS, "base_unet": BASE_UNET_SETTINGS}
 
 
 _CLIP_CODE = _DATA_MODULES + ("anydoor.training.world_clip",)
@@ -234,6 +278,12 @@ STAGES = (
     Stage("metric_dino", (METRIC_DINO_DIR,), _DINO_CODE, run=_run_dino("metric_dino", METRIC_DINO_DIR)),
     Stage("calibration", (), _DATA_MODULES + ("eval.calibration", "eval.backbones", "anydoor.world"),
           reads=("clip", "dinov2", "metric_clip", "metric_dino"), run=_run_calibration),
+    Stage("vae", (VAE_DIR,), _DATA_MODULES + ("anydoor.data.world_scenes", "anydoor.training.vae",
+                                              "anydoor.training.world_vae"), run=_run_vae),
+    Stage("base_unet", (BASE_UNET_DIR,), _DATA_MODULES + ("anydoor.data.world_scenes", "anydoor.training.world_vae",
+                                                          "anydoor.training.world_base",
+                                                          "anydoor.models.caption_encoder"),
+          reads=("clip", "vae"), run=_run_base_unet),
 )
 assert tuple(s.name for s in STAGES) == STAGE_NAMES, "anydoor.world.STAGE_NAMES must list STAGES in order"
 
