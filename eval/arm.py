@@ -23,7 +23,7 @@ from eval.sweeps import DONE, folder_lock, run_id
 ARM_PARAMETER_NAMES = (
     "run_dir", "run_id", "sweep_name", "sweep_dir", "tags", "benchmark", "train_config", "checkpoint",
     "preset", "vae", "base_unet", "id_extractor", "id_backbone", "remove_background", "detail_map", "timestep_sampler",
-    "conditioning_dropout", "max_steps", "batch_size", "learning_rate", "train_seed", "seeds",
+    "trainable", "conditioning_dropout", "max_steps", "batch_size", "learning_rate", "train_seed", "seeds",
     "num_inference_steps", "guidance_scale", "shape_control", "metric_backbones", "random_backbones", "eval_batch_size",
     "wandb_project", "world_models",
 )
@@ -38,6 +38,7 @@ TRAIN_KEYS = {
     "remove_background": "model.remove_background",
     "detail_map": "model.detail_map",
     "timestep_sampler": "timestep_sampler",
+    "trainable": "model.trainable",
     "conditioning_dropout": "cond_dropout",
     "max_steps": "max_steps",
     "batch_size": "batch_size",

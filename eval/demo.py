@@ -2,9 +2,9 @@
 
 Steps, each reused when already done (a rerun takes seconds):
 1. the synthetic data set (`anydoor synth-data`), deterministic for its seed;
-2. the tiny VAE (`anydoor train-vae`) and the pretrained tiny UNet
-   (`anydoor train-base`, the stand-in for SD2.1 every arm starts from),
-   cached by their settings and data hashes;
+2. a check of the embedded world's shipped models (`anydoor.world`: the VAE
+   and the caption-conditioned base UNet every arm starts from, the ID and
+   metric backbones), hash by hash: nothing is pretrained here;
 3. the sweep `sweeps/demo.yaml` (papermill per run, resumable);
 4. the four ablation notebooks, executed into the sweep folder;
 5. the report (`reports/<sweep>/index.html` and `report.md`).
@@ -81,8 +81,7 @@ def execute_ablation_notebooks(spec: Path, sweep_dir: Path, root: Path) -> list[
 
 
 def run_demo(jobs: int = 1, root: str | Path | None = None) -> Path:
-    from anydoor.training.base_unet import ensure_tiny_base
-    from anydoor.training.vae import ensure_tiny_vae
+    from anydoor import world
     from eval.report import render_report, summary_text
     from eval.sweeps import SweepSpec, find_project_root, run_sweep
 
@@ -90,11 +89,11 @@ def run_demo(jobs: int = 1, root: str | Path | None = None) -> Path:
     start = time.monotonic()
     spec_path = root / "sweeps" / "demo.yaml"
     spec = SweepSpec.load(spec_path)
-    data = ensure_synthetic_data(root / "data" / "synthetic")
-    _log("tiny VAE: training or reusing outputs/vae")
-    vae = ensure_tiny_vae(data, root / spec.parameters["vae"])
-    _log("tiny base UNet: pretraining or reusing outputs/base_unet")
-    ensure_tiny_base(data, vae, root / spec.parameters["base_unet"])
+    ensure_synthetic_data(root / "data" / "synthetic")
+    for folder in (world.VAE_DIR, world.BASE_UNET_DIR, world.DINOV2_DIR, world.CLIP_DIR, world.METRIC_CLIP_DIR,
+                   world.METRIC_DINO_DIR):
+        world.verified_folder(folder)
+    _log(f"world models: shipped, hash-checked (manifest {world.manifest_sha256()[:12]})")
     sweep_dir = root / "outputs" / "sweeps" / spec.name
     _log(f"sweep {spec_path.name}: {len(spec.expand())} unique runs into {sweep_dir}")
     result = run_sweep(spec_path, sweep_dir, jobs=jobs, project_root=root, log=_log)

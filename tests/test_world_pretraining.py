@@ -148,6 +148,8 @@ def _small_settings():
         "metric_dino": dataclasses.replace(pretrain.METRIC_DINO_SETTINGS, backbone=TINY_VIT, global_size=32,
                                            local_size=16, local_crops=1, steps=2, batch_size=2, warmup_steps=1,
                                            out_dim=32, head_hidden=16, head_bottleneck=8),
+        "vae": dataclasses.replace(pretrain.VAE_SETTINGS, steps=2, batch_size=2, eval_every=1),
+        "base_unet": dataclasses.replace(pretrain.BASE_UNET_SETTINGS, steps=2, batch_size=2, eval_every=1),
     }
 
 
@@ -209,8 +211,8 @@ def test_pretrain_world_stages_are_redone_only_when_their_inputs_change(tmp_path
 def test_pretrain_world_refuses_unknown_stages(tmp_path):
     from anydoor.world.pretrain import pretrain_world
 
-    with pytest.raises(ValueError, match=r"unknown stage\(s\) \['vae'\]"):
-        pretrain_world(tmp_path, only=["vae"])
+    with pytest.raises(ValueError, match=r"unknown stage\(s\) \['vea'\]"):
+        pretrain_world(tmp_path, only=["vea"])
 
 
 def test_missing_manifest_is_a_clear_error(tmp_path):
