@@ -55,11 +55,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from anydoor.data.datasets import BenchmarkSet  # noqa: E402
-from anydoor.data.pairs import PairConfig, crop_as_generated, paste_back, prepare_inference_inputs  # noqa: E402
+from anydoor.data.pairs import PairConfig, paste_back  # noqa: E402
 from anydoor.data.synthetic import BENCHMARK_TURN, VIDEO_TURN  # noqa: E402
 from anydoor.presets import TINY_IMAGE_SIZE  # noqa: E402
 from eval.crops import copy_paste  # noqa: E402
 from eval.demo import SYNTH_SETTINGS  # noqa: E402
+from eval.fidelity_ladder import target_crop, through_vae  # noqa: E402
 from eval.metrics import image_to_tensor, masked_psnr, masked_ssim  # noqa: E402
 from eval.stats import compare, summarize  # noqa: E402
 
@@ -168,21 +169,6 @@ def _ideal_box_only_sample(item: dict, target: np.ndarray, mask: np.ndarray, rng
     return {key: float(np.mean([s[key] for s in scores])) for key in scores[0]}
 
 
-def _target_crop(item: dict, config: PairConfig):
-    """The true target's crop in the pipeline's geometry: (uint8 SxSx3, PasteInfo)."""
-    sample = prepare_inference_inputs(
-        item["object_image"], item["object_mask"], item["scene_image"], scene_mask=item["scene_mask"], config=config
-    )
-    return crop_as_generated(item["target_image"], sample.paste, config.image_size), sample.paste
-
-
-@torch.no_grad()
-def _through_vae(vae, crop: np.ndarray) -> np.ndarray:
-    x = torch.from_numpy(crop).permute(2, 0, 1).float()[None] / 127.5 - 1.0
-    recon = vae.decode(vae.encode(x).latent_dist.mode()).sample[0].clamp(-1, 1)
-    return ((recon.permute(1, 2, 0) + 1.0) * 127.5).round().byte().numpy()
-
-
 def ceilings(
     benchmark: str | Path, vae_dir: str | Path | None = None, image_size: int = TINY_IMAGE_SIZE, seed: int = 0
 ) -> pd.DataFrame:
@@ -212,10 +198,10 @@ def ceilings(
         methods["ideal_shape_control_sample"] = _silhouette_turn(item, mask)
         methods["copy_paste_best_turn (cheats)"] = _best_turn(item, target, mask)
         methods["target_mean_fill (cheats)"] = _fill(scene, mask, target[mask].mean(0))
-        crop, paste = _target_crop(item, config)
+        crop, paste = target_crop(item, config)
         methods[f"target_resized_{image_size}px (cheats)"] = paste_back(crop, scene, paste)
         if vae is not None:
-            methods["target_through_vae (cheats)"] = paste_back(_through_vae(vae, crop), scene, paste)
+            methods["target_through_vae (cheats)"] = paste_back(through_vae(vae, crop), scene, paste)
         for name, composite in methods.items():
             rows.append({"pair_id": item["pair_id"], "arm": name, **_score(composite, target, mask)})
         for law, draw_turn in TURN_LAWS.items():

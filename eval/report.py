@@ -197,7 +197,9 @@ def _verdict(row: pd.Series) -> str:
         word = "loses"
     else:
         word = "no significant difference"
-    return f"{SHORT_NAMES[row['metric']]} {word} ({diff:+.3f} [{low:+.3f}, {high:+.3f}], p_holm {row['p_holm']:.3g})"
+    mde = row.get("mde", np.nan)
+    could = f", MDE {mde:.3f}" if np.isfinite(mde) else ""
+    return f"{SHORT_NAMES[row['metric']]} {word} ({diff:+.3f} [{low:+.3f}, {high:+.3f}], p_holm {row['p_holm']:.3g}{could})"
 
 
 def _section_summary(section: _Section) -> list[str]:
@@ -433,6 +435,8 @@ def _comparison_frame(section: _Section) -> pd.DataFrame:
         "95% CI": [f"[{lo:+.3f}, {hi:+.3f}]" for lo, hi in zip(cmp["ci_low"], cmp["ci_high"])],
         "p (Holm)": [f"{p:.3g}" for p in cmp["p_holm"]],
         "significant": np.where(cmp["significant"], "yes", "no"),
+        # The smallest difference this run could detect at 80% power (Bonferroni over the arms).
+        "MDE": [f"{v:.3f}" if np.isfinite(v) else "-" for v in cmp.get("mde", pd.Series(np.nan, index=cmp.index))],
     })
 
 

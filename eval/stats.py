@@ -135,6 +135,29 @@ def bootstrap_ci(values, rng=0, n_boot: int = 2000, level: float = 0.95, cluster
     return _percentile_interval(bootstrap_means(values, rng, n_boot, clusters), level)
 
 
+def minimum_detectable_difference(differences, pair_ids, comparisons: int = 1, alpha: float = 0.05,
+                                  power: float = 0.8) -> float:
+    """The smallest paired difference a run could detect (issue 27): the minimum detectable effect
+    MDE = (z(1 - a' / 2) + z(power)) * s_d / sqrt(n_pairs), where s_d is the standard deviation (ddof 1)
+    of the per-pair mean differences (seeds averaged within a pair) and a' = alpha / `comparisons`
+    (Bonferroni over the comparisons of a table). NaN with fewer than 2 pairs."""
+    from statistics import NormalDist
+
+    d = _check_values(differences, "differences")
+    pair_ids = np.asarray(pair_ids)
+    if pair_ids.shape != d.shape:
+        raise ValueError(f"pair_ids has shape {pair_ids.shape}, differences {d.shape}")
+    if isinstance(comparisons, bool) or not isinstance(comparisons, (int, np.integer)) or comparisons < 1:
+        raise ValueError(f"comparisons must be a positive int, got {comparisons!r}")
+    if not 0.0 < alpha < 1.0 or not 0.0 < power < 1.0:
+        raise ValueError(f"alpha and power must lie in (0, 1), got {alpha!r}, {power!r}")
+    per_pair = pd.Series(d).groupby(pair_ids).mean().to_numpy()
+    if per_pair.size < 2:
+        return float("nan")
+    z = NormalDist().inv_cdf
+    return float((z(1.0 - alpha / comparisons / 2.0) + z(power)) * per_pair.std(ddof=1) / np.sqrt(per_pair.size))
+
+
 def holm(pvalues) -> np.ndarray:
     """Holm's step-down adjusted p-values, in the input order.
 
@@ -341,7 +364,8 @@ def compare(
 
     Returns one row per (arm, metric): ``arm``, ``reference``, ``metric``,
     ``label``, ``n`` (matched rows), ``n_pairs``, ``mean_diff``, ``ci_low``,
-    ``ci_high``, ``p_value``, ``p_holm``, ``significant``.
+    ``ci_high``, ``p_value``, ``p_holm``, ``significant``, ``mde`` (`minimum_detectable_difference`
+    with a' = alpha / the number of arms compared).
     """
     _as_columns(by, df)
     _as_columns(["pair_id", "seed"], df, "compare's matching keys")
@@ -371,6 +395,8 @@ def compare(
                 "ci_low": low,
                 "ci_high": high,
                 "p_value": sign_flip_pvalue(d, merged["pair_id"].to_numpy(), rng, n_perm),
+                # What this comparison could detect at 80% power, over the arms compared on this metric.
+                "mde": minimum_detectable_difference(d, merged["pair_id"].to_numpy(), len(arms), alpha),
             })
     table = pd.DataFrame.from_records(records)
     if table.empty:

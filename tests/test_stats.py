@@ -170,3 +170,18 @@ def test_summarize_statistics_and_labels():
         summarize(mixed, by="arm")
     with pytest.raises(ValueError, match="lacks"):
         summarize(df, by=["arm", "nope"])
+
+
+def test_minimum_detectable_difference_hand_computed():
+    from eval.stats import minimum_detectable_difference
+
+    # Pairs A (seeds 1, 3 -> mean 2), B (4), C (0, 0 -> 0): per-pair means 2, 4, 0, sd 2, n 3.
+    # Two comparisons: a' = 0.025, z(0.9875) = 2.241403, z(0.8) = 0.841621; (3.083024) * 2 / sqrt(3).
+    d = [1.0, 3.0, 4.0, 0.0, 0.0]
+    pairs = ["A", "A", "B", "C", "C"]
+    assert minimum_detectable_difference(d, pairs, comparisons=2) == pytest.approx(3.083024 * 2 / 3 ** 0.5, rel=1e-5)
+    # One comparison: z(0.975) = 1.959964.
+    assert minimum_detectable_difference(d, pairs) == pytest.approx((1.959964 + 0.841621) * 2 / 3 ** 0.5, rel=1e-5)
+    assert np.isnan(minimum_detectable_difference([1.0, 2.0], ["A", "A"]))
+    with pytest.raises(ValueError, match="comparisons must be a positive int"):
+        minimum_detectable_difference(d, pairs, comparisons=0)

@@ -118,7 +118,7 @@ def _train(folder: Path, data_dir: str | PathLike, vae_dir: Path, settings: Base
     from anydoor.presets import TINY_PREDICTION_TYPE, prediction_target, tiny_unet_config, training_scheduler
 
     images = load_training_images(find_images(data_dir))
-    vae = AutoencoderKL.from_pretrained(vae_dir).eval().requires_grad_(False)
+    vae = AutoencoderKL.from_pretrained(vae_dir, torch_dtype=torch.float32).eval().requires_grad_(False)
     scheduler = training_scheduler(TINY_PREDICTION_TYPE)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)

@@ -109,7 +109,7 @@ def _load_saved(cls, path: str | None, key: str, what: str, hint: str):
         return None
     if not (Path(path) / "config.json").is_file():
         raise FileNotFoundError(f"config key {key!r} = {path!r} is not a saved {what} folder; {hint}")
-    return cls.from_pretrained(path)
+    return cls.from_pretrained(path, torch_dtype=torch.float32)  # fp16-stored weights train in fp32
 
 
 def _build_components(config: TrainConfig) -> dict:
