@@ -158,6 +158,35 @@ def minimum_detectable_difference(differences, pair_ids, comparisons: int = 1, a
     return float((z(1.0 - alpha / comparisons / 2.0) + z(power)) * per_pair.std(ddof=1) / np.sqrt(per_pair.size))
 
 
+def gap_closed(arm: pd.DataFrame, untrained: pd.DataFrame, ceiling: pd.DataFrame, metric: str = "dino_i",
+               rng=0, n_boot: int = 2000, level: float = 0.95) -> dict:
+    """The share of the identity gap an arm closes (issue 30):
+    G = (arm - untrained) / (ceiling - untrained), each term the mean over pairs of the per-pair mean
+    (seeds averaged within a pair), with a percentile bootstrap CI that resamples pairs (the same
+    resample for the three terms). `ceiling` is e.g. the fidelity ladder's VAE row. Pairs missing
+    from any frame are left out; returns ``G``, ``ci_low``, ``ci_high``, ``n_pairs``."""
+    frames = {"arm": arm, "untrained": untrained, "ceiling": ceiling}
+    means = {}
+    for name, frame in frames.items():
+        _as_columns(["pair_id", metric], frame, f"{name} rows")
+        means[name] = frame.groupby("pair_id")[metric].mean()
+    pairs = sorted(set(means["arm"].index) & set(means["untrained"].index) & set(means["ceiling"].index), key=str)
+    if len(pairs) < 2:
+        raise ValueError(f"gap_closed needs at least 2 pairs present in all three frames, got {len(pairs)}")
+    a, u, c = (means[name].loc[pairs].to_numpy(dtype=np.float64) for name in ("arm", "untrained", "ceiling"))
+    if not (np.isfinite(a).all() and np.isfinite(u).all() and np.isfinite(c).all()):
+        raise ValueError(f"{metric} holds NaN or infinite values; drop them first")
+    gap = c.mean() - u.mean()
+    if gap == 0:
+        raise ValueError(f"the ceiling equals the untrained model on {metric}: no gap to close")
+    rng = _as_rng(rng)
+    idx = rng.integers(0, len(pairs), size=(n_boot, len(pairs)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        draws = (a[idx].mean(1) - u[idx].mean(1)) / (c[idx].mean(1) - u[idx].mean(1))
+    low, high = _percentile_interval(draws[np.isfinite(draws)], _check_level(level))
+    return {"G": float((a.mean() - u.mean()) / gap), "ci_low": low, "ci_high": high, "n_pairs": len(pairs)}
+
+
 def holm(pvalues) -> np.ndarray:
     """Holm's step-down adjusted p-values, in the input order.
 

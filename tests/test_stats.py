@@ -185,3 +185,33 @@ def test_minimum_detectable_difference_hand_computed():
     assert np.isnan(minimum_detectable_difference([1.0, 2.0], ["A", "A"]))
     with pytest.raises(ValueError, match="comparisons must be a positive int"):
         minimum_detectable_difference(d, pairs, comparisons=0)
+
+
+def test_gap_closed_known_answer():
+    from eval.stats import gap_closed
+
+    rng = np.random.default_rng(0)
+    pairs = [f"p{i}" for i in range(12)]
+    untrained = rng.normal(20, 5, 12)
+    ceiling = untrained + rng.uniform(40, 60, 12)
+    rows = lambda values: pd.DataFrame(  # noqa: E731
+        {"pair_id": np.repeat(pairs, 2), "seed": np.tile([0, 1], 12), "dino_i": np.repeat(values, 2)})
+    # The arm closes exactly 30% of every pair's gap: G = 0.3, and every resample agrees.
+    out = gap_closed(rows(untrained + 0.3 * (ceiling - untrained)), rows(untrained), rows(ceiling))
+    assert out["G"] == pytest.approx(0.3) and out["n_pairs"] == 12
+    assert out["ci_low"] == pytest.approx(0.3) and out["ci_high"] == pytest.approx(0.3)
+    # Seeds are averaged within a pair first: +-4 around the 30% point changes nothing.
+    arm = rows(untrained + 0.3 * (ceiling - untrained))
+    arm["dino_i"] += np.tile([4.0, -4.0], 12)
+    noisy = gap_closed(arm, rows(untrained), rows(ceiling))
+    assert noisy["G"] == pytest.approx(0.3) and noisy["ci_high"] == pytest.approx(0.3)
+    # Pairs that close different shares: G is the ratio of the mean gains, the CI brackets it.
+    shares = np.linspace(0.0, 0.6, 12)
+    spread = gap_closed(rows(untrained + shares * (ceiling - untrained)), rows(untrained), rows(ceiling))
+    expected = (shares * (ceiling - untrained)).mean() / (ceiling - untrained).mean()
+    assert spread["G"] == pytest.approx(expected) and spread["ci_low"] < expected < spread["ci_high"]
+    # The ceiling itself closes all of it; the untrained model none.
+    assert gap_closed(rows(ceiling), rows(untrained), rows(ceiling))["G"] == pytest.approx(1.0)
+    assert gap_closed(rows(untrained), rows(untrained), rows(ceiling))["G"] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="no gap to close"):
+        gap_closed(rows(ceiling), rows(ceiling), rows(ceiling))
