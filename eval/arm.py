@@ -24,7 +24,7 @@ ARM_PARAMETER_NAMES = (
     "run_dir", "run_id", "sweep_name", "sweep_dir", "tags", "benchmark", "train_config", "checkpoint",
     "preset", "vae", "base_unet", "id_extractor", "id_backbone", "remove_background", "detail_map", "timestep_sampler",
     "trainable", "conditioning_dropout", "max_steps", "batch_size", "learning_rate", "train_seed", "seeds",
-    "num_inference_steps", "guidance_scale", "shape_control", "metric_backbones", "random_backbones", "eval_batch_size",
+    "num_inference_steps", "guidance_scale", "shape_control", "wrong_reference", "metric_backbones", "random_backbones", "eval_batch_size",
     "wandb_project", "world_models",
 )
 
@@ -138,9 +138,11 @@ def evaluate_arm(pipe, params: dict, run_dir: str | PathLike) -> pd.DataFrame:
 
     The ``arm`` column holds the run id; reports name the arms per ablation
     from the sweep's index (one run can be an arm of several ablations)."""
+    from eval.controls import benchmark_derangement
     from eval.runner import evaluate, write_results
 
     run_dir = Path(run_dir)
+    reference_from = benchmark_derangement(params["benchmark"]) if params.get("wrong_reference") else None
     results = evaluate(
         pipe,
         params["benchmark"],
@@ -148,6 +150,7 @@ def evaluate_arm(pipe, params: dict, run_dir: str | PathLike) -> pd.DataFrame:
         num_inference_steps=int(params["num_inference_steps"]),
         guidance_scale=float(params["guidance_scale"]),
         shape_control=bool(params.get("shape_control", False)),
+        reference_from=reference_from,
         arm=str(params.get("run_id", "arm")),
         metric_backbones=arm_metric_backbones(params),
         batch_size=int(params.get("eval_batch_size", 8)),

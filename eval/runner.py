@@ -9,7 +9,7 @@ pasted into the box) go through the same code, so every table has them.
 
 Per row: ``pair_id``, ``seed``, ``arm``, the pipeline's configuration
 (``detail_map``, ``id_extractor``, ``remove_background``, ``steps``,
-``guidance``, ``shape_control``; None for baselines), ``clip_i``, ``dino_i`` (x100),
+``guidance``, ``shape_control``, ``wrong_reference``; None for baselines), ``clip_i``, ``dino_i`` (x100),
 ``psnr_mask``, ``ssim_mask`` (NaN without a true target), ``diversity``
 (per pair: the mean pairwise 1 - SSIM of the generated boxes across the
 seeds, repeated in each row of that pair; NaN with one seed),
@@ -268,6 +268,7 @@ def evaluate(
     progress: bool = True,
     extra_columns: dict | None = None,
     shape_control: bool = False,
+    reference_from: dict[str, str] | None = None,
 ) -> pd.DataFrame:
     """Generate every (pair, seed) of `benchmark` with `pipeline` and score it.
 
@@ -294,6 +295,9 @@ def evaluate(
         shape_control: the pipeline's shape-controlled insertion (the mask
             channel is each pair's placement mask, not its box); recorded in
             the ``shape_control`` column.
+        reference_from: {pair_id: another pair_id}: generate each pair with that pair's reference
+            (the ``wrong-reference`` control, `eval.controls.benchmark_derangement`); every metric is
+            still computed against the pair's own reference. Recorded in ``wrong_reference``.
     Returns:
         one row per (pair, seed), columns as in the module docstring.
     """
@@ -308,12 +312,15 @@ def evaluate(
         "steps": int(num_inference_steps),
         "guidance": float(guidance_scale),
         "shape_control": bool(shape_control),
+        "wrong_reference": reference_from is not None,
     }
+    donors = _donor_references(benchmark, reference_from)
 
     def compose(items: list[dict], seeds_: list[int]) -> list[np.ndarray]:
+        given = [donors.get(i["pair_id"], i) for i in items]
         output = pipeline(
-            object_image=[i["object_image"] for i in items],
-            object_mask=[i["object_mask"] for i in items],
+            object_image=[g["object_image"] for g in given],
+            object_mask=[g["object_mask"] for g in given],
             scene_image=[i["scene_image"] for i in items],
             scene_mask=[i["scene_mask"] for i in items],
             num_inference_steps=num_inference_steps,
@@ -326,6 +333,21 @@ def evaluate(
         return [np.round(image * 255.0).astype(np.uint8) for image in output.images]
 
     return _run(compose, benchmark, seeds, arm, config, backbones, metric_backbones, batch_size, save_images, progress, extra_columns)
+
+
+def _donor_references(benchmark, reference_from: dict[str, str] | None) -> dict[str, dict]:
+    """{pair_id: the benchmark item whose reference it is generated with} (empty: its own)."""
+    if reference_from is None:
+        return {}
+    data = _as_benchmark(benchmark)
+    items = {item["pair_id"]: item for item in (data[i] for i in range(len(data)))}
+    unknown = sorted((set(reference_from) | set(reference_from.values())) - set(items))
+    if unknown:
+        raise ValueError(f"reference_from names pairs that are not in the benchmark: {unknown[:5]}")
+    missing = sorted(set(items) - set(reference_from))
+    if missing:
+        raise ValueError(f"reference_from gives no reference for pairs {missing[:5]}")
+    return {pair: items[donor] for pair, donor in reference_from.items()}
 
 
 def evaluate_baseline(
@@ -352,7 +374,7 @@ def evaluate_baseline(
     if name not in BASELINES:
         raise ValueError(f"name={name!r} is not a baseline; choose one of {', '.join(BASELINES)}")
     config = {"detail_map": None, "id_extractor": None, "remove_background": None, "steps": None, "guidance": None,
-              "shape_control": None}
+              "shape_control": None, "wrong_reference": None}
     metric_backbones = resolve_metric_backbones(metric_backbones, random_backbones, _default_option(backbones, "real"))
 
     def compose(items: list[dict], seeds_: list[int]) -> list[np.ndarray]:
