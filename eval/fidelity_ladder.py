@@ -87,18 +87,32 @@ def fidelity_ladder(benchmark, vae, backbones, image_size: int = 64) -> pd.DataF
 
 
 def ladder_table(rows: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    """Per ladder row and metric: mean [95% CI], and the paired difference against the target row with its CI."""
-    from eval.stats import compare, summarize
+    """Per ladder row and metric: mean [95% CI], and the paired difference against the target row with its CI
+    (bootstrap over pairs; retrieval top-1 as a share)."""
+    from eval.stats import bootstrap_ci, compare, stable_seed, summarize
 
-    metrics = ["clip_i", "dino_i", "psnr_mask", "ssim_mask", "retrieved"]
-    summary = summarize(rows, metrics=metrics, seed=seed)
-    paired = compare(rows, "target", metrics=["clip_i", "dino_i", "retrieved"], seed=seed)
+    summary = summarize(rows, metrics=["clip_i", "dino_i", "psnr_mask", "ssim_mask"], seed=seed)
+    paired = compare(rows, "target", metrics=["clip_i", "dino_i"], seed=seed)
+    records = []
+    target = rows[rows["arm"] == "target"].set_index("pair_id")["retrieved"]
+    for arm, group in rows.groupby("arm"):
+        values = group.set_index("pair_id")["retrieved"]
+        low, high = bootstrap_ci(values.to_numpy(), stable_seed(seed, arm, "retrieved"))
+        record = {"arm": arm, "metric": "retrieved", "mean": float(values.mean()), "ci_low": low, "ci_high": high,
+                  "n_pairs": int(values.size)}
+        if arm != "target":
+            d = (values - target.loc[values.index]).to_numpy()
+            d_low, d_high = bootstrap_ci(d, stable_seed(seed, arm, "retrieved", "diff"))
+            record.update(mean_diff=float(d.mean()), diff_ci_low=d_low, diff_ci_high=d_high)
+        records.append(record)
     table = summary[["arm", "metric", "mean", "ci_low", "ci_high", "n_pairs"]].merge(
         paired[["arm", "metric", "mean_diff", "ci_low", "ci_high"]].rename(
             columns={"ci_low": "diff_ci_low", "ci_high": "diff_ci_high"}),
         on=["arm", "metric"], how="left")
+    table = pd.concat([table, pd.DataFrame.from_records(records)], ignore_index=True)
     order = {name: i for i, name in enumerate(LADDER_ROWS)}
-    return table.sort_values(["metric", "arm"], key=lambda s: s.map(order) if s.name == "arm" else s)
+    return table.sort_values(["metric", "arm"], key=lambda s: s.map(order) if s.name == "arm" else s,
+                             ignore_index=True)
 
 
 def format_ladder(table: pd.DataFrame) -> str:

@@ -187,7 +187,8 @@ def trainable_parameters(
     "released" (DESIGN.md "Training recipe"): the detail extractor except its
     zero ``conv_in``, the UNet decoder (``up_blocks``, ``conv_norm_out``,
     ``conv_out``) and the ID projector. "full_unet": the same plus the whole
-    UNet, for the embedded default whose UNet is not pretrained. The ID
+    UNet, for a UNet that is not pretrained (the embedded default's, before
+    the world's base UNet shipped). The ID
     backbone (and the VAE, not passed here) are never trained.
 
     Names are prefixed ``unet.``, ``controlnet.``, ``id_extractor.``; the
