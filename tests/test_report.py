@@ -282,18 +282,25 @@ def test_paper_numbers_cover_every_demo_arm():
 def test_demo_spec_expands_to_the_unique_runs():
     spec = SweepSpec.load(ROOT / "sweeps" / "demo.yaml")
     runs = spec.expand()
-    assert len(runs) == 13
-    assert len({r.run_id for r in runs}) == 13
+    assert len(runs) == 14
+    assert len({r.run_id for r in runs}) == 14
     members = {r.run_id: set(r.members) for r in runs}
+    # The wrong-reference control is evaluation only: it shares the full method's trained model.
+    from eval.arm import trained_model_key
+
+    by_member = {m: r for r in runs for m in r.members}
+    wrong, full_run = by_member[("reference_rows", "wrong-reference")], by_member[("reference_rows", "full")]
+    assert wrong.params["wrong_reference"] and not full_run.params["wrong_reference"]
+    assert trained_model_key(wrong.params) == trained_model_key(full_run.params)
     full = {("id_extractor", "dinov2"), ("detail_map", "hf"), ("timestep_sampling", "ats"),
             ("components", "+ats"), ("reference_rows", "full")}
     assert full in members.values()
     # Components' "+hf-map" (uniform timesteps) is the timestep ablation's uniform arm.
     assert {("timestep_sampling", "uniform"), ("components", "+hf-map")} in members.values()
     assert sum(len(m) for m in members.values()) == sum(len(a["arms"]) for a in spec.ablations.values())
-    assert [len(r.members) for r in runs].count(1) == 11
+    assert [len(r.members) for r in runs].count(1) == 12
     # The arms are compared without guidance; the full method's model is evaluated at the
-    # released guidance too, sharing its trained model: 11 trainings for 13 runs.
+    # released guidance and with wrong references too, sharing its trained model: 11 trainings for 14 runs.
     guidance = {r.members[0]: r.params["guidance_scale"] for r in runs}
     assert guidance[("reference_rows", "full-guidance-5")] == 5.0
     assert set(guidance.values()) == {1.0, 5.0} and list(guidance.values()).count(5.0) == 1
