@@ -17,7 +17,7 @@ labelled images). Rows:
 
     python benchmarks/world_sample_attributes.py --out docs/world_samples [--guidance 5.0]
 
-Writes attributes.json, attributes.md and grid.png (8 captions x 6 samples).
+Writes attributes.json, attributes.md and grid.png (8 captions x 6 samples at the last guidance, 128 px each).
 """
 
 from __future__ import annotations
@@ -89,18 +89,31 @@ class CentroidClassifier:
         return out
 
 
+def captioned_rows(rows: list[np.ndarray], texts: list[str], pad: int = 18) -> np.ndarray:
+    """Stack image rows, each under a line of text (PIL's default font), on white."""
+    import PIL.Image
+    import PIL.ImageDraw
+
+    width = max(r.shape[1] for r in rows)
+    canvas = PIL.Image.new("RGB", (width, sum(r.shape[0] + pad for r in rows)), "white")
+    draw = PIL.ImageDraw.Draw(canvas)
+    y = 0
+    for row, text in zip(rows, texts):
+        draw.text((2, y + 3), text, fill="black")
+        canvas.paste(PIL.Image.fromarray(row), (0, y + pad))
+        y += row.shape[0] + pad
+    return np.asarray(canvas)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("docs/world_samples"))
     parser.add_argument("--guidance", type=float, nargs="+", default=[5.0])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    import matplotlib
+    import PIL.Image
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from anydoor.world.text_to_image import load_text_to_image, sample_captions
+    from anydoor.world.text_to_image import image_grid, load_text_to_image, sample_captions
     from eval.backbones import load_world_backbones
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -128,19 +141,13 @@ def main(argv=None) -> None:
     (args.out / "attributes.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
-    # The grid: 8 captions (one per colour family, the four shapes twice), 6 seeds each.
-    guidance = args.guidance[0]
+    # The grid: 8 captions (one per colour family, the four shapes twice), 6 seeds each, 128 px per sample.
+    guidance = args.guidance[-1]
     shown = [captions[i] for i in range(0, 16, 2)]
-    grid = [sample_captions(pipe, encoder, [c] * 6, seed=args.seed + 1, guidance_scale=guidance) for c in shown]
-    fig, axes = plt.subplots(len(shown), 6, figsize=(6 * 1.3, len(shown) * 1.45))
-    for r, (caption, row) in enumerate(zip(shown, grid)):
-        for c in range(6):
-            axes[r, c].imshow(row[c])
-            axes[r, c].set_xticks([])
-            axes[r, c].set_yticks([])
-        axes[r, 0].set_title(caption, fontsize=7, loc="left")
-    fig.tight_layout()
-    fig.savefig(args.out / "grid.png", dpi=110)
+    rows_ = [image_grid(sample_captions(pipe, encoder, [c] * 6, seed=args.seed + 1, guidance_scale=guidance), 6, 2)
+             for c in shown]
+    PIL.Image.fromarray(captioned_rows(rows_, [f"{c}  (guidance {guidance:g})" for c in shown])).save(
+        args.out / "grid.png")
     print(f"wrote {args.out}")
 
 

@@ -90,7 +90,7 @@ def ablation_sample_grid(sweep_dir, ablation, benchmark, pair_index: int = 0, se
     sweep_dir = Path(sweep_dir)
     for arm in ablation.all_arms:
         rows = ablation.results[ablation.results["arm"] == arm]
-        if rows.empty:
+        if rows.empty or arm == "scene":  # the unchanged-scene baseline is the scene column already
             continue
         if arm in ablation.baseline_arms:
             path = sweep_dir / "baselines" / arm / name

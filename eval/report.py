@@ -65,6 +65,7 @@ h1, h2, h3 { font-weight: 600; } h2 { border-bottom: 1px solid #ccc; padding-bot
 table { border-collapse: collapse; margin: .6em 0; font-size: 13px; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; } th { background: #f3f3f3; }
 .banner { background: #b00020; color: #fff; font-weight: 700; font-size: 18px; padding: .8em 1em; margin: 1em 0; }
+.headline { background: #eef5ee; border-left: 4px solid #2a7a3a; padding: .5em .8em; }
 .note { color: #555; } img { max-width: 100%; } pre { background: #f6f6f6; padding: .6em; overflow-x: auto; }
 """
 
@@ -233,10 +234,25 @@ def _summary(index: dict, provenance: dict, sections: list[_Section]) -> str:
     return "\n".join(lines)
 
 
-def summary_text(sweep_dir: str | PathLike) -> str:
-    """A short plain-text summary of a sweep (what the demo prints).
+def _headline_inputs(sections: list[_Section]) -> tuple[dict, list[str], str]:
+    comparisons = {s.ablation.name: (s.ablation.reference, s.comparisons) for s in sections}
+    untrained = sorted({arm for s in sections for arm in s.untrained})
+    names = [s.ablation.name for s in sections]
+    full = REFERENCE_ROWS if REFERENCE_ROWS in names else (names[0] if names else "")
+    return comparisons, untrained, full
 
-    Per ablation: the best of its arms on PSNR and SSIM in the target mask,
+
+def headline_lines(sections: list[_Section]) -> list[str]:
+    """The headline (`eval.headline.headline`) of analysed sections."""
+    from eval.headline import headline
+
+    return headline(*_headline_inputs(sections))
+
+
+def summary_text(sweep_dir: str | PathLike) -> str:
+    """A short plain-text summary of a sweep (what the demo prints): the headline, then
+
+    per ablation: the best of its arms on PSNR and SSIM in the target mask,
     and whether the full method (the reference arm) beats the untrained model
     and the baselines on those ground-truth metrics: "beats" when the 95% CI
     of the paired difference excludes 0 and its Holm-corrected p-value is
@@ -244,7 +260,8 @@ def summary_text(sweep_dir: str | PathLike) -> str:
     """
     sweep_dir = _check_dir(sweep_dir)
     index, sections = _analyse(sweep_dir)
-    return _summary(index, _provenance(index, sections), sections)
+    first, *rest = _summary(index, _provenance(index, sections), sections).split("\n")
+    return "\n".join([first, *headline_lines(sections), "", *rest])
 
 
 # --------------------------------------------------------------------------- documents
@@ -285,7 +302,7 @@ class _Document:
     def para(self, text: str, css: str = "") -> None:
         cls = f' class="{css}"' if css else ""
         self.html.append(f"<p{cls}>{html.escape(text)}</p>")
-        self.md.append(f"*{text}*" if css == "note" else text)
+        self.md.append(f"*{text}*" if css == "note" else f"> {text}" if css == "headline" else text)
 
     def banner(self, text: str) -> None:
         self.html.append(f'<div class="banner">{html.escape(text)}</div>')
@@ -344,13 +361,16 @@ def _resolve(path: str, sweep_dir: Path) -> Path | None:
     return None
 
 
-def _header(doc: _Document, index: dict, provenance: dict, sweep_dir: Path) -> None:
+def _header(doc: _Document, index: dict, provenance: dict, sweep_dir: Path, headline: list[str]) -> None:
     params = index["parameters"]
     doc.heading(f"Sweep report: {index['name']}", 1)
     if provenance["metric_source"] == "random":
         doc.banner(UNCALIBRATED_BANNER)
     if index.get("description"):
         doc.para(index["description"])
+    doc.heading("Headline")  # what this run supports and what it cannot, generated from the comparisons
+    for line in headline:
+        doc.para(line, "headline")
     items = [
         ("produced by", f"{provenance['configuration']}, preset {provenance['preset']!r}"),
         ("metric backbones", f"CLIP: {provenance['clip_backbone']}; DINO: {provenance['dino_backbone']}"),
@@ -557,9 +577,14 @@ def render_report(sweep_dir: str | PathLike, out_dir: str | PathLike | None = No
     notebooks = _render_notebooks(sweep_dir, out_dir)
 
     doc = _Document()
-    _header(doc, index, provenance, sweep_dir)
+    _header(doc, index, provenance, sweep_dir, headline_lines(sections))
+    from eval.headline import summary_table
+
     doc.heading("Summary")
-    doc.code(_summary(index, provenance, sections))
+    doc.para("Every paired comparison of the sweep: reference arm minus the other row, 95% bootstrap CI, "
+             "Holm-adjusted p (within each ablation and metric), and the MDE: the smallest difference this run "
+             "could detect at 80% power. A 'no detectable difference' reads against its MDE.", "note")
+    doc.table(summary_table(_headline_inputs(sections)[0]), index=False)
     if provenance["real_weights"]:
         doc.para(user_study_note(), "note")
     for section in sections:

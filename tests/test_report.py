@@ -239,7 +239,8 @@ def test_cli_report_prints_the_index_and_the_summary(tiny_report, tmp_path, caps
     assert printed[0] == str(out / "index.html")
     assert printed[1] == ("sweep mini: embedded default (tiny models, synthetic data); "
                           "random-init metric backbones (similarities, not CLIP-I / DINO-I)")
-    assert "Summary" in (out / "report.md").read_text() and printed[1] in (out / "report.md").read_text()
+    # Then the headline, as the report's Headline section has it.
+    assert printed[2].startswith("Learning bar (") and printed[2] in (out / "report.md").read_text()
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert "sweep_dir" in capsys.readouterr().err
 
@@ -369,3 +370,45 @@ def test_every_reference_row_not_run_by_an_ablation_stands_beside_it(tmp_path, b
     assert set(detail.results["arm"]) == {"none", "hf", "untrained", "full-guidance-1", "scene", "copy_paste"}
     assert load_ablation(sweep, "reference_rows").reference_arms == []
     assert "full-guidance-1 vs untrained: PSNR beats" in summary_text(sweep)
+
+
+def _headline_sweep(folder: Path, benchmark: Path, monkeypatch, planted: dict) -> Path:
+    rows = {"description": "Reference rows", "reference": "full",
+            "arms": {"untrained": {"max_steps": 0}, "wrong-reference": {"wrong_reference": True}, "full": {}}}
+    monkeypatch.setitem(ABLATIONS, "reference_rows", rows)
+    monkeypatch.setitem(PLANTED, "wrong-reference", "wrong")
+    return make_sweep(folder, benchmark, planted=planted, notebooks=False, wandb=False,
+                      extra_parameters={"wrong_reference": False})
+
+
+def test_headline_and_summary_table_say_what_the_run_supports(tmp_path, benchmark, monkeypatch):
+    # The full method (20) beats the untrained model (8), the scene (10) and the wrong-reference control (12);
+    # the clip arm is planted level with it (20), the detail map's "none" below it (18).
+    sweep = _headline_sweep(tmp_path / "sweep", benchmark, monkeypatch, {"wrong": 12.0, "clip": 20.0})
+    out = tmp_path / "report"
+    render_report(sweep, out)
+    page, md = (out / "index.html").read_text(), (out / "report.md").read_text()
+    assert page.index("Headline") < page.index("Summary") < page.index("id_extractor:")
+    assert re.search(r"Learning bar \(full beats untrained and scene on DINO-I, CLIP-I and PSNR in the mask, "
+                     r"Holm-significant\): MET\. vs untrained on DINO-sim \(random-init\): met: \+1[12]\.\d\d", md)
+    assert re.search(r"The model uses its reference \(full beats wrong-reference\): MET\. vs wrong-reference on "
+                     r"DINO-sim \(random-init\): met: \+[78]\.\d\d", md)
+    assert re.search(r"id_extractor \(reference dinov2\): clip: no difference detected; could not detect less than "
+                     r"CLIP-sim \(random-init\) 0\.\d+", md)
+    assert re.search(r"detail_map \(reference hf\): none: CLIP-sim \(random-init\) hf better \(\+[12]\.\d\d", md)
+    # The summary is a table, one row per comparison and metric, with its MDE and verdict.
+    assert "| ablation | comparison | metric | difference [95% CI] | p_holm | MDE | verdict |" in md
+    assert re.search(r"\| id_extractor \| dinov2 - clip \| PSNR in target mask \(dB\) \| [+-]0\.0\d\d \[[+-]0\.\d{3}, [+-]0\.\d{3}\] "
+                     r"\| [\d.]+ \| 0\.\d+ \| no detectable difference \|", md)
+    assert re.search(r"\| reference_rows \| full - wrong-reference \| DINO-sim \(random-init\) \| \+[78]\.\d\d .*\| "
+                     r"full better \|", md)
+    assert "<pre>" not in page.split("Summary")[1].split("id_extractor:")[0]  # a table, not preformatted text
+
+
+def test_headline_reads_not_met_with_the_difference_and_mde(tmp_path, benchmark, monkeypatch):
+    # An untrained model as good as the full method: the learning bar is not met, and says by how much.
+    sweep = _headline_sweep(tmp_path / "sweep", benchmark, monkeypatch, {"wrong": 20.0, "untrained": 20.0})
+    text = summary_text(sweep)
+    assert re.search(r"Learning bar .*: NOT MET\. vs untrained on DINO-sim \(random-init\): not met: [+-]0\.\d{3} "
+                     r"\[[+-]0\.\d{3}, [+-]0\.\d{3}\], MDE 0\.\d+", text)
+    assert "The model uses its reference (full beats wrong-reference): NOT MET." in text

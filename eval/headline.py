@@ -1,0 +1,146 @@
+"""What a sweep supports and what it cannot: the report's headline and summary table (issue 27).
+
+Both are generated from the paired comparisons (`eval.stats.compare`: difference, 95% CI,
+Holm-adjusted p, MDE at 80% power), never written by hand:
+
+- the **learning bar**: the full method beats the untrained model of the same preset and the
+  unchanged scene on DINO-I, CLIP-I and PSNR in the object mask, Holm-significant;
+- the **control**: the full method beats the ``wrong-reference`` row on DINO-I and CLIP-I;
+- each ablation's **verdict** per arm, or "could not detect less than X" from the MDEs.
+
+Differences are read as reference arm (the full method) minus the other row; a bar that is not
+met reads "not met: difference [CI], MDE X".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from eval.metrics import metric_label
+
+ALPHA = 0.05
+LEARNING_METRICS = ("dino_i", "clip_i", "psnr_mask")
+CONTROL_METRICS = ("dino_i", "clip_i")
+CONTROL_ARM = "wrong-reference"
+SCENE = "scene"
+VERDICT_METRICS = ("dino_i", "clip_i", "psnr_mask", "ssim_mask")
+
+
+def _oriented(row: pd.Series) -> tuple[float, float, float]:
+    """(reference - other, CI low, CI high) from a `compare` row (other - reference)."""
+    return -float(row["mean_diff"]), -float(row["ci_high"]), -float(row["ci_low"])
+
+
+def verdict(row: pd.Series, reference: str, alpha: float = ALPHA) -> str:
+    """"<reference> better", "<arm> better" or "no detectable difference" for one comparison row."""
+    diff, low, high = _oriented(row)
+    if row["p_holm"] < alpha and low > 0:
+        return f"{reference} better"
+    if row["p_holm"] < alpha and high < 0:
+        return f"{row['arm']} better"
+    return "no detectable difference"
+
+
+def _cell(row: pd.Series) -> str:
+    diff, low, high = _oriented(row)
+    digits = 3 if max(abs(low), abs(high)) < 1 else 2
+    return f"{diff:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+def _mde(row: pd.Series) -> str:
+    value = row.get("mde", np.nan)
+    return f"{value:.3g}" if np.isfinite(value) else "-"
+
+
+def summary_table(comparisons: dict[str, tuple[str, pd.DataFrame]], metrics=VERDICT_METRICS) -> pd.DataFrame:
+    """One row per (ablation, comparison, metric): ablation, comparison ("ref - arm"), metric,
+    difference [95% CI], p_holm, MDE, verdict.
+
+    Args:
+        comparisons: {ablation: (its reference arm, its `compare` frame)}.
+    """
+    rows = []
+    for ablation, (reference, frame) in comparisons.items():
+        if frame is None or frame.empty:
+            continue
+        frame = frame[frame["metric"].isin(metrics)]
+        # Grouped by comparison, the metrics in `metrics` order within each.
+        order = {arm: i for i, arm in enumerate(dict.fromkeys(frame["arm"]))}
+        rank = {m: i for i, m in enumerate(metrics)}
+        frame = frame.assign(_a=frame["arm"].map(order), _m=frame["metric"].map(rank)).sort_values(["_a", "_m"])
+        for _, r in frame.iterrows():
+            rows.append({
+                "ablation": ablation,
+                "comparison": f"{reference} - {r['arm']}",
+                "metric": r.get("label") or metric_label(r["metric"]),
+                "difference [95% CI]": _cell(r),
+                "p_holm": f"{r['p_holm']:.3g}",
+                "MDE": _mde(r),
+                "verdict": verdict(r, reference),
+            })
+    return pd.DataFrame(rows, columns=["ablation", "comparison", "metric", "difference [95% CI]", "p_holm", "MDE",
+                                       "verdict"])
+
+
+def _bar(frame: pd.DataFrame, reference: str, others: list[str], metrics, alpha: float) -> tuple[bool, list[str]]:
+    """(met, one phrase per (other, metric)): met when every comparison is significant in the reference's favour."""
+    phrases, met = [], True
+    for other in others:
+        for metric in metrics:
+            hit = frame[(frame["arm"] == other) & (frame["metric"] == metric)]
+            if hit.empty:
+                met = False
+                phrases.append(f"vs {other} on {metric}: not measured")
+                continue
+            r = hit.iloc[0]
+            label = r.get("label") or metric_label(metric)
+            ok = verdict(r, reference, alpha) == f"{reference} better"
+            met &= ok
+            phrases.append(f"vs {other} on {label}: {'met' if ok else 'not met'}: {_cell(r)}"
+                           + ("" if ok else f", MDE {_mde(r)}"))
+    return met, phrases
+
+
+def headline(comparisons: dict[str, tuple[str, pd.DataFrame]], untrained: list[str], full_ablation: str,
+             alpha: float = ALPHA) -> list[str]:
+    """Plain sentences: the learning bar, the control, each ablation's verdicts.
+
+    Args:
+        comparisons: {ablation: (reference arm, `compare` frame)}; the learning bar and the control are read
+            from `full_ablation`'s frame (the reference rows: the full method against the untrained model,
+            the wrong-reference control and the baselines).
+        untrained: the untrained arms' names.
+    """
+    lines = []
+    reference, frame = comparisons.get(full_ablation, (None, None))
+    if frame is not None and not frame.empty:
+        others = [a for a in untrained if a in set(frame["arm"])] + ([SCENE] if SCENE in set(frame["arm"]) else [])
+        if others:
+            met, phrases = _bar(frame, reference, others, LEARNING_METRICS, alpha)
+            lines.append(f"Learning bar ({reference} beats {' and '.join(others)} on DINO-I, CLIP-I and PSNR in the "
+                         f"mask, Holm-significant): {'MET' if met else 'NOT MET'}. " + "; ".join(phrases) + ".")
+        if CONTROL_ARM in set(frame["arm"]):
+            met, phrases = _bar(frame, reference, [CONTROL_ARM], CONTROL_METRICS, alpha)
+            lines.append(f"The model uses its reference ({reference} beats {CONTROL_ARM}): "
+                         f"{'MET' if met else 'NOT MET'}. " + "; ".join(phrases) + ".")
+    else:
+        lines.append("No learning bar: the sweep has no reference rows with finished runs.")
+    for ablation, (ref, cmp) in comparisons.items():
+        if ablation == full_ablation or cmp is None or cmp.empty:
+            continue
+        arms = [a for a in dict.fromkeys(cmp["arm"]) if a not in untrained and a != SCENE and a != CONTROL_ARM
+                and not a.startswith("copy_paste") and not a.startswith("full-guidance")]
+        parts = []
+        for arm in arms:
+            rows = cmp[(cmp["arm"] == arm) & cmp["metric"].isin(VERDICT_METRICS)]
+            found = [f"{r['label']}: {verdict(r, ref, alpha)} ({_cell(r)})" for _, r in rows.iterrows()
+                     if verdict(r, ref, alpha) != "no detectable difference"]
+            if found:
+                parts.append(f"{arm}: " + "; ".join(found))
+            else:
+                mdes = ", ".join(f"{r['label']} {_mde(r)}" for _, r in rows.iterrows() if r["metric"] != "ssim_mask")
+                parts.append(f"{arm}: no difference detected; could not detect less than {mdes}")
+        if parts:
+            lines.append(f"{ablation} (reference {ref}): " + " | ".join(parts) + ".")
+    return lines
