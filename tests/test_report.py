@@ -395,7 +395,7 @@ def test_headline_and_summary_table_say_what_the_run_supports(tmp_path, benchmar
                      r"DINO-sim \(random-init\): met: \+[78]\.\d\d", md)
     assert re.search(r"id_extractor \(reference dinov2\): clip: no difference detected; could not detect less than "
                      r"CLIP-sim \(random-init\) 0\.\d+", md)
-    assert re.search(r"detail_map \(reference hf\): none: CLIP-sim \(random-init\) hf better \(\+[12]\.\d\d", md)
+    assert re.search(r"detail_map \(reference hf\): none: CLIP-sim \(random-init\): hf better \(\+[12]\.\d\d", md)
     # The summary is a table, one row per comparison and metric, with its MDE and verdict.
     assert "| ablation | comparison | metric | difference [95% CI] | p_holm | MDE | verdict |" in md
     assert re.search(r"\| id_extractor \| dinov2 - clip \| PSNR in target mask \(dB\) \| [+-]0\.0\d\d \[[+-]0\.\d{3}, [+-]0\.\d{3}\] "
