@@ -70,7 +70,7 @@ def main(argv=None) -> None:
         rows = fidelity_ladder(args.benchmark, vae, backbones, args.image_size).assign(vae=name)
         frames.append(rows)
         sections.append(f"### VAE `{name}` ({folder}); decoding one {args.image_size} px crop: "
-                        f"{decode_ms(vae, args.image_size):.1f} ms\n\n{format_ladder(ladder_table(rows))}\n")
+                        f"{decode_ms(vae, args.image_size):.1f} ms\n\n{format_ladder(ladder_table(rows), backbones.source)}\n")
     pd.concat(frames).to_csv(args.out / "ladder.csv", index=False)
     text = f"Fidelity ladder of {args.benchmark} ({frames[0]['pair_id'].nunique()} pairs)\n\n" + "\n".join(sections)
     (args.out / "ladder.md").write_text(text)

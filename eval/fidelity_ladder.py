@@ -111,28 +111,41 @@ def ladder_table(rows: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
         on=["arm", "metric"], how="left")
     table = pd.concat([table, pd.DataFrame.from_records(records)], ignore_index=True)
     order = {name: i for i, name in enumerate(LADDER_ROWS)}
+    table["metric_source"] = rows["metric_source"].iloc[0] if "metric_source" in rows else "random"
     return table.sort_values(["metric", "arm"], key=lambda s: s.map(order) if s.name == "arm" else s,
                              ignore_index=True)
 
 
-def format_ladder(table: pd.DataFrame) -> str:
-    """Markdown: one line per ladder row, one column per metric (mean [CI]; paired difference to the target)."""
+def ladder_frame(table: pd.DataFrame, source: str | None = None) -> pd.DataFrame:
+    """One row per ladder row, one column per metric: "mean [CI]" and, below the target row, the paired
+    difference to the target with its CI. `source`: the metric backbones' (`metric_source`), for the labels."""
+    from eval.metrics import metric_label
+
+    source = source or (str(table["metric_source"].iloc[0]) if "metric_source" in table else "random")
     metrics = [m for m in ("dino_i", "clip_i", "retrieved", "psnr_mask", "ssim_mask") if m in set(table["metric"])]
-    header = {"dino_i": "DINO-I (in-world)", "clip_i": "CLIP-I (in-world)", "retrieved": "retrieval top-1",
-              "psnr_mask": "PSNR in mask (dB)", "ssim_mask": "SSIM in mask"}
-    lines = ["| row | " + " | ".join(header[m] for m in metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    header = {"dino_i": metric_label("dino_i", source), "clip_i": metric_label("clip_i", source),
+              "retrieved": "retrieval top-1", "psnr_mask": "PSNR in mask (dB)", "ssim_mask": "SSIM in mask"}
+    records = []
     for name in LADDER_ROWS:
-        cells = []
+        record = {"row": name}
         for metric in metrics:
             hit = table[(table["arm"] == name) & (table["metric"] == metric)]
             if hit.empty:
-                cells.append("-")
+                record[header[metric]] = "-"
                 continue
             r = hit.iloc[0]
             cell = f"{r['mean']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
             if name != "target" and not pd.isna(r.get("mean_diff")):
                 cell += f"; {r['mean_diff']:+.2f} [{r['diff_ci_low']:+.2f}, {r['diff_ci_high']:+.2f}]"
-            cells.append(cell)
-        if any(c != "-" for c in cells):
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            record[header[metric]] = cell
+        if any(v != "-" for k, v in record.items() if k != "row"):
+            records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def format_ladder(table: pd.DataFrame, source: str | None = None) -> str:
+    """Markdown of `ladder_frame`."""
+    frame = ladder_frame(table, source)
+    lines = ["| " + " | ".join(frame.columns) + " |", "|---" * len(frame.columns) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines)

@@ -135,6 +135,73 @@ def _analyse(sweep_dir: Path) -> tuple[dict, list[_Section]]:
     return index, sections
 
 
+LADDER_DIR = "ladder"  # <sweep>/ladder/: the fidelity ladder of the sweep's VAE on its benchmark (cached)
+
+
+def sweep_ladder(sweep_dir: Path, index: dict) -> tuple[pd.DataFrame | None, str]:
+    """The fidelity ladder (`eval.fidelity_ladder`) of the sweep's VAE on its benchmark, with the sweep's
+    metric backbones, cached in ``<sweep>/ladder/``; (None, why) when it cannot be computed (the base
+    preset's VAE is SD2.1's, loaded only where its weights are; a benchmark without true targets)."""
+    from eval.arm import arm_metric_backbones
+
+    params = index["parameters"]
+    if params.get("preset") != "tiny":
+        return None, "the fidelity ladder of SD2.1's VAE: `python benchmarks/fidelity_ladder.py --vae NAME=FOLDER`"
+    vae_name = params.get("vae") or None
+    key = {"vae": vae_name, "world_models": params.get("world_models"), "benchmark": index["benchmark"],
+           "metric_backbones": arm_metric_backbones(params)}
+    folder = sweep_dir / LADDER_DIR
+    if (folder / "key.json").is_file() and json.loads((folder / "key.json").read_text()) == key:
+        return pd.read_parquet(folder / "results.parquet"), ""
+    benchmark = _resolve(index["benchmark"], sweep_dir)
+    if benchmark is None or vae_name is None:
+        return None, "no fidelity ladder: the benchmark is missing or the sweep's VAE is untrained"
+    from diffusers import AutoencoderKL
+
+    from anydoor import world
+    from eval.backbones import load_backbones
+    from eval.fidelity_ladder import fidelity_ladder
+
+    vae_folder = world.vae_path() if vae_name == "world" else _resolve(vae_name, sweep_dir)
+    if vae_folder is None:
+        return None, f"no fidelity ladder: the VAE folder {vae_name!r} is missing"
+    import torch
+
+    vae = AutoencoderKL.from_pretrained(vae_folder, torch_dtype=torch.float32).eval()
+    try:
+        rows = fidelity_ladder(benchmark, vae, load_backbones(metric_backbones=key["metric_backbones"]))
+    except ValueError as err:  # e.g. a benchmark without true targets
+        return None, f"no fidelity ladder: {err}"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows.to_parquet(folder / "results.parquet")
+    (folder / "key.json").write_text(json.dumps(key, sort_keys=True))
+    return rows, ""
+
+
+def _with_gap_closed(section: _Section, ladder: pd.DataFrame | None) -> None:
+    """Add the column G (DINO-I): the share of the identity gap between the untrained model and the
+    ladder's VAE row each arm closes (`eval.stats.gap_closed`, issue 30)."""
+    from eval.fidelity_ladder import LADDER_ROWS
+    from eval.stats import gap_closed
+
+    results = section.ablation.results
+    if ladder is None or section.table.empty or not section.untrained or "dino_i" not in results:
+        return
+    ceiling = ladder[ladder["arm"] == LADDER_ROWS[-1]]
+    untrained = results[results["arm"] == section.untrained[0]]
+    if ceiling.empty or untrained.empty:
+        return
+    cells = {}
+    for arm in section.table.index:
+        rows = results[results["arm"] == arm]
+        try:
+            g = gap_closed(rows, untrained, ceiling, "dino_i")
+        except ValueError:
+            continue
+        cells[arm] = f"{g['G']:.2f} [{g['ci_low']:.2f}, {g['ci_high']:.2f}]"
+    section.table["G (DINO-I)"] = [cells.get(arm, "") for arm in section.table.index]
+
+
 def _provenance(index: dict, sections: list[_Section]) -> dict:
     rows = [s.ablation.results for s in sections if not s.ablation.results.empty]
     results = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
@@ -240,6 +307,18 @@ def _headline_inputs(sections: list[_Section]) -> tuple[dict, list[str], str]:
     names = [s.ablation.name for s in sections]
     full = REFERENCE_ROWS if REFERENCE_ROWS in names else (names[0] if names else "")
     return comparisons, untrained, full
+
+
+def _gap_headline(sections: list[_Section]) -> list[str]:
+    """The full method's G (DINO-I) from the reference rows' table, when the report computed it."""
+    for section in sections:
+        table = section.table
+        ref = section.ablation.reference
+        if section.ablation.name == REFERENCE_ROWS and "G (DINO-I)" in table and ref in table.index:
+            if table.loc[ref, "G (DINO-I)"]:
+                return [f"Identity gap closed by {ref} (G on DINO-I, from the untrained model (0) to the VAE with "
+                        f"perfect latents (1)): {table.loc[ref, 'G (DINO-I)']}."]
+    return []
 
 
 def headline_lines(sections: list[_Section]) -> list[str]:
@@ -577,7 +656,10 @@ def render_report(sweep_dir: str | PathLike, out_dir: str | PathLike | None = No
     notebooks = _render_notebooks(sweep_dir, out_dir)
 
     doc = _Document()
-    _header(doc, index, provenance, sweep_dir, headline_lines(sections))
+    ladder, no_ladder = sweep_ladder(sweep_dir, index)
+    for section in sections:
+        _with_gap_closed(section, ladder)
+    _header(doc, index, provenance, sweep_dir, headline_lines(sections) + _gap_headline(sections))
     from eval.headline import summary_table
 
     doc.heading("Summary")
@@ -585,6 +667,18 @@ def render_report(sweep_dir: str | PathLike, out_dir: str | PathLike | None = No
              "Holm-adjusted p (within each ablation and metric), and the MDE: the smallest difference this run "
              "could detect at 80% power. A 'no detectable difference' reads against its MDE.", "note")
     doc.table(summary_table(_headline_inputs(sections)[0]), index=False)
+    doc.heading("Fidelity ladder: where identity is lost before any model")
+    if ladder is None:
+        doc.para(no_ladder, "note")
+    else:
+        from eval.fidelity_ladder import ladder_frame, ladder_table
+
+        doc.para("The true target; its crop in the pipeline's geometry pasted back; that crop through the sweep's "
+                 "VAE with perfect latents (posterior mean). Scored like the arms (similarities x100 to the pair's "
+                 "reference, retrieval among the benchmark's references by DINO-I), mean [95% CI]; difference to "
+                 "the target row [CI]. G (DINO-I) in the tables below: the share of the gap between the untrained "
+                 "model and the VAE row an arm closes.", "note")
+        doc.table(ladder_frame(ladder_table(ladder), str(ladder["metric_source"].iloc[0])), index=False)
     if provenance["real_weights"]:
         doc.para(user_study_note(), "note")
     for section in sections:

@@ -412,3 +412,20 @@ def test_headline_reads_not_met_with_the_difference_and_mde(tmp_path, benchmark,
     assert re.search(r"Learning bar .*: NOT MET\. vs untrained on DINO-sim \(random-init\): not met: [+-]0\.\d{3} "
                      r"\[[+-]0\.\d{3}, [+-]0\.\d{3}\], MDE 0\.\d+", text)
     assert "The model uses its reference (full beats wrong-reference): NOT MET." in text
+
+
+def test_report_shows_the_fidelity_ladder_and_the_gap_closed(tmp_path, benchmark):
+    # A tiny-preset sweep on the shipped world VAE: the report computes the ladder (cached in the sweep)
+    # and a G (DINO-I) column; without a VAE it says why there is none.
+    sweep = make_sweep(tmp_path / "sweep", benchmark, notebooks=False, wandb=False, extra_parameters={"vae": "world"})
+    render_report(sweep, tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Fidelity ladder: where identity is lost before any model" in md
+    assert re.search(r"\| VAE, perfect latents \| -?\d+\.\d\d \[", md)
+    assert "| G (DINO-I) |" in md and re.search(r"\| untrained \| reference row \|.*\| 0\.00 \[0\.00, 0\.00\] \|", md)
+    assert re.search(r"> Identity gap closed by full \(G on DINO-I.*\): -?\d+\.\d\d \[", md)
+    assert (sweep / "ladder" / "results.parquet").is_file() and (sweep / "ladder" / "key.json").is_file()
+    bare = make_sweep(tmp_path / "bare", benchmark, notebooks=False, wandb=False)
+    render_report(bare, tmp_path / "bare_out")
+    assert "no fidelity ladder: the benchmark is missing or the sweep's VAE is untrained" in (
+        tmp_path / "bare_out" / "report.md").read_text()
