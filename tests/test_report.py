@@ -429,3 +429,12 @@ def test_report_shows_the_fidelity_ladder_and_the_gap_closed(tmp_path, benchmark
     render_report(bare, tmp_path / "bare_out")
     assert "no fidelity ladder: the benchmark is missing or the sweep's VAE is untrained" in (
         tmp_path / "bare_out" / "report.md").read_text()
+
+
+def test_demo_long_is_the_demo_with_ten_times_the_training():
+    demo, long = (SweepSpec.load(ROOT / "sweeps" / f"{name}.yaml") for name in ("demo", "demo-long"))
+    assert (long.name, long.parameters["max_steps"]) == ("demo-long", 10 * demo.parameters["max_steps"])
+    assert {k: v for k, v in long.parameters.items() if k != "max_steps"} == {
+        k: v for k, v in demo.parameters.items() if k != "max_steps"}
+    assert long.ablations == demo.ablations and long.benchmark == demo.benchmark
+    assert len(long.expand()) == len(demo.expand())
