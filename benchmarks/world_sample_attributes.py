@@ -116,7 +116,6 @@ def main(argv=None) -> None:
     from anydoor.world.text_to_image import image_grid, load_text_to_image, sample_captions
     from eval.backbones import load_world_backbones
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     clip = load_world_backbones().clip
     images, attributes = _labelled_crops(CENTROID_CROPS, seed=1)
     classifier = CentroidClassifier(_embed(clip, images), attributes)

@@ -103,7 +103,7 @@ def _bar(frame: pd.DataFrame, reference: str, others: list[str], metrics, alpha:
 
 
 def headline(comparisons: dict[str, tuple[str, pd.DataFrame]], untrained: list[str], full_ablation: str,
-             alpha: float = ALPHA) -> list[str]:
+             alpha: float = ALPHA, own_arms: dict[str, list[str]] | None = None) -> list[str]:
     """Plain sentences: the learning bar, the control, each ablation's verdicts.
 
     Args:
@@ -111,6 +111,8 @@ def headline(comparisons: dict[str, tuple[str, pd.DataFrame]], untrained: list[s
             from `full_ablation`'s frame (the reference rows: the full method against the untrained model,
             the wrong-reference control and the baselines).
         untrained: the untrained arms' names.
+        own_arms: {ablation: its own arms}: the verdicts cover these only, not the reference rows and
+            baselines shown beside every ablation (default: every compared row but those).
     """
     lines = []
     reference, frame = comparisons.get(full_ablation, (None, None))
@@ -129,8 +131,9 @@ def headline(comparisons: dict[str, tuple[str, pd.DataFrame]], untrained: list[s
     for ablation, (ref, cmp) in comparisons.items():
         if ablation == full_ablation or cmp is None or cmp.empty:
             continue
-        arms = [a for a in dict.fromkeys(cmp["arm"]) if a not in untrained and a != SCENE and a != CONTROL_ARM
-                and not a.startswith("copy_paste") and not a.startswith("full-guidance")]
+        arms = [a for a in dict.fromkeys(cmp["arm"])
+                if (a in own_arms[ablation] if own_arms and ablation in own_arms
+                    else a not in untrained and a not in (SCENE, CONTROL_ARM))]
         parts = []
         for arm in arms:
             rows = cmp[(cmp["arm"] == arm) & cmp["metric"].isin(VERDICT_METRICS)]

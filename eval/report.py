@@ -325,7 +325,8 @@ def headline_lines(sections: list[_Section]) -> list[str]:
     """The headline (`eval.headline.headline`) of analysed sections."""
     from eval.headline import headline
 
-    return headline(*_headline_inputs(sections))
+    own_arms = {s.ablation.name: [a for a in s.ablation.arms if a != s.ablation.reference] for s in sections}
+    return headline(*_headline_inputs(sections), own_arms=own_arms)
 
 
 def summary_text(sweep_dir: str | PathLike) -> str:
