@@ -23,7 +23,7 @@ from eval.sweeps import DONE, folder_lock, run_id
 ARM_PARAMETER_NAMES = (
     "run_dir", "run_id", "sweep_name", "sweep_dir", "tags", "benchmark", "train_config", "checkpoint",
     "preset", "vae", "base_unet", "id_extractor", "id_backbone", "remove_background", "detail_map", "timestep_sampler",
-    "trainable", "conditioning_dropout", "max_steps", "batch_size", "learning_rate", "train_seed", "seeds",
+    "trainable", "conditioning_dropout", "max_steps", "batch_size", "learning_rate", "pair_pool", "train_seed", "seeds",
     "num_inference_steps", "guidance_scale", "shape_control", "wrong_reference", "metric_backbones", "random_backbones", "eval_batch_size",
     "wandb_project", "world_models",
 )
@@ -43,6 +43,7 @@ TRAIN_KEYS = {
     "max_steps": "max_steps",
     "batch_size": "batch_size",
     "learning_rate": "learning_rate",
+    "pair_pool": "pair_pool",
     "train_seed": "seed",
 }
 
@@ -80,15 +81,20 @@ def collect_params(namespace: dict) -> dict:
     return params
 
 
-def train_config_for(params: dict, output_dir: str | PathLike):
-    """The arm's `TrainConfig`: the file `params["train_config"]` with the arm's overrides."""
+def train_config_for(params: dict, output_dir: str | PathLike, pair_pool_dir: str | PathLike | None = None):
+    """The arm's `TrainConfig`: the file `params["train_config"]` with the arm's overrides.
+
+    ``pair_pool_dir``: where the arm's pair pool is kept (a sweep shares one
+    folder, so arms with the same pool key train on the same pairs)."""
     from anydoor.training.config import load_config
 
-    def value(name):  # an empty string (a notebook parameter left blank) means "none"
-        return None if params[name] == "" else params[name]
+    def value(name):  # an empty string (a notebook parameter left blank) means "none"; so does pair_pool 0
+        return None if params[name] == "" or (name == "pair_pool" and not params[name]) else params[name]
 
     overrides = [f"{key}={json.dumps(value(name))}" for name, key in TRAIN_KEYS.items() if name in params]
     overrides += [f"output_dir={json.dumps(str(output_dir))}", "wandb_project=null"]
+    if pair_pool_dir is not None:
+        overrides.append(f"pair_pool_dir={json.dumps(str(pair_pool_dir))}")
     return load_config(params.get("train_config", "configs/train_tiny.yaml"), overrides)
 
 
@@ -121,7 +127,8 @@ def train_arm(params: dict, run_dir: str | PathLike, sweep_dir: str | PathLike |
     # the second waits for the first, then finds its pipeline.
     with folder_lock(train_dir):
         if not (pipeline_dir / "model_index.json").is_file():
-            train(train_config_for(params, train_dir), resume="auto")  # max_steps 0: the untrained model
+            pool_dir = Path(sweep_dir) / "pair_pool" if sweep_dir else None
+            train(train_config_for(params, train_dir, pool_dir), resume="auto")  # max_steps 0: the untrained model
     return pipeline_dir
 
 

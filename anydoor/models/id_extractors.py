@@ -150,6 +150,14 @@ class _FrozenBackboneIDExtractor(ModelMixin, ConfigMixin):
         std = self.pixel_std.to(device=images.device, dtype=images.dtype)
         return ((images - mean) / std).to(self.dtype)
 
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """ID tokens (B, T, cross_attention_dim) of reference images (B, 3, image_size, image_size) in [0, 1]."""
+        return self.project(self.backbone_features(images))
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """ID tokens from `backbone_features` (cached ones too: `anydoor.training.pair_pool`)."""
+        return self.projector(features.to(self.projector.weight.dtype))
+
     def unconditional_tokens(self, batch_size: int = 1) -> torch.Tensor:
         """Tokens of an all-zero image (zeros before normalisation): AnyDoor's
         unconditional input for classifier-free guidance (DESIGN.md 1c)."""
@@ -264,13 +272,12 @@ class DINOv2IDExtractor(_FrozenBackboneIDExtractor):
         _reset_linear_(model.projector, generator)
         return model
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen backbone's tokens the projector reads (no gradient): last_hidden_state, CLS only if global."""
         pixel_values = self._normalise(images)
         with torch.no_grad():
             hidden = self.backbone(pixel_values=pixel_values).last_hidden_state
-        if self.tokens == "global":
-            hidden = hidden[:, :1]
-        return self.projector(hidden)
+        return hidden[:, :1] if self.tokens == "global" else hidden
 
 
 class CLIPIDExtractor(_FrozenBackboneIDExtractor):
@@ -358,7 +365,8 @@ class CLIPIDExtractor(_FrozenBackboneIDExtractor):
         _reset_linear_(model.projector, generator)
         return model.to(visual.conv1.weight.device)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen tower's class + patch tokens after ln_post (no gradient), as the projector reads them."""
         pixel_values = self._normalise(images)
         with torch.no_grad():
             features = self.backbone.forward_intermediates(
@@ -369,8 +377,7 @@ class CLIPIDExtractor(_FrozenBackboneIDExtractor):
                 output_fmt="NLC",
                 output_extra_tokens=True,
             )
-        tokens = torch.cat([features["image_intermediates_prefix"][0], features["image_intermediates"][0]], dim=1)
-        return self.projector(tokens)
+        return torch.cat([features["image_intermediates_prefix"][0], features["image_intermediates"][0]], dim=1)
 
 
 def build_id_extractor(

@@ -89,6 +89,10 @@ class TrainConfig:
     ema: bool = False  # keep an EMA of the trainable weights; checkpoints then hold the EMA weights
     ema_decay: float = 0.9999
     timestep_sampler: str = "ats"  # "ats" (AnyDoor) | "uniform" (baseline)
+    # Prepared pairs reused across epochs (frozen VAE encode, pair preparation and ID backbone done once,
+    # `anydoor.training.pair_pool`); None = prepare every pair afresh (the released loaders' behaviour)
+    pair_pool: int | None = None
+    pair_pool_dir: str | None = None  # where pools are kept, keyed by their inputs; None = output_dir/pair_pool
     cond_dropout: float = 0.0  # P(ID tokens -> unconditional tokens) per sample; released: 0
     seed: int = 0  # model init, data order, timesteps, noise, dropout
     output_dir: str = "runs/train"  # checkpoints/, pipeline/, metrics.jsonl, config.yaml
@@ -227,7 +231,7 @@ def validate_config(config: TrainConfig) -> TrainConfig:
     if config.wandb_mode is not None:
         _check_choice("wandb_mode", config.wandb_mode, WANDB_MODES)
     for key in ("batch_size", "gradient_accumulation_steps", "checkpoint_every", "log_every",
-                "samples_per_epoch", "keep_checkpoints", "sample_count", "sample_steps", "image_size"):
+                "samples_per_epoch", "keep_checkpoints", "sample_count", "sample_steps", "image_size", "pair_pool"):
         _check_min(key, getattr(config, key), 1)
     # max_steps 0 saves the untrained model (the reports' "untrained" reference row).
     for key in ("max_steps", "lr_warmup_steps", "num_workers", "sample_every", "seed"):

@@ -35,6 +35,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import gather_object
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
@@ -56,6 +57,7 @@ from anydoor.training.checkpoints import (
     resolve_resume,
 )
 from anydoor.training.config import WORLD_MODEL, TrainConfig, config_from_dict, config_to_dict, load_config, save_config
+from anydoor.training.pair_pool import load_or_prepare_pool, pool_batches, pool_key, prepare_pool
 from anydoor.training.timesteps import sample_timesteps
 
 STATE_FILE = "training_state.pt"
@@ -88,10 +90,11 @@ class AnyDoorDenoiser(nn.Module):
         self.unet, self.controlnet, self.id_extractor = unet, controlnet, id_extractor
 
     def forward(
-        self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, reference: torch.Tensor, hint: torch.Tensor,
-        drop: torch.Tensor,
+        self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, reference: torch.Tensor | None, hint: torch.Tensor,
+        drop: torch.Tensor, features: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        tokens = self.id_extractor(reference)
+        # `features`: the frozen backbone's tokens, cached by the pair pool, instead of the reference image.
+        tokens = self.id_extractor(reference) if features is None else self.id_extractor.project(features)
         if drop.any():
             # Conditioning dropout: the zero-image tokens are the sampler's
             # unconditional input (DESIGN.md 1c).
@@ -384,23 +387,48 @@ def diffusion_loss(
         model: `AnyDoorDenoiser` (possibly wrapped by Accelerate / DDP).
         batch: ``reference`` (B,3,224,224) in [0,1], ``target`` (B,3,S,S) in
             [-1,1], ``hint`` (B,4,S,S) on the model's device; ``kind`` list.
+            A pair-pool batch has ``moments`` (the VAE posterior's) instead of
+            ``target`` and ``features`` (the frozen backbone's) instead of
+            ``reference``.
         autocast: context manager for the VAE encode (Accelerate's autocast).
 
     Returns:
         (per-sample losses (B,) float32, timesteps (B,) int64 on the CPU).
     """
-    target, kinds = batch["target"], list(batch["kind"])
-    device = target.device
+    kinds = list(batch["kind"])
+    device = batch["hint"].device
     with torch.no_grad(), autocast():
-        posterior = vae.encode(target).latent_dist
+        if "moments" in batch:  # the pair pool's cached posterior: the same draw as a fresh encode's
+            posterior = DiagonalGaussianDistribution(batch["moments"])
+        else:
+            posterior = vae.encode(batch["target"]).latent_dist
         latents = posterior.sample(generator=generator).float() * vae.config.scaling_factor
     timesteps = sample_timesteps(kinds, timestep_sampler, generator, noise_scheduler.config.num_train_timesteps)
     noise = torch.randn(latents.shape, generator=generator).to(device)
     drop = torch.rand(len(kinds), generator=generator) < cond_dropout
     noisy = noise_scheduler.add_noise(latents, noise, timesteps.to(device))
-    prediction = model(noisy, timesteps.to(device), batch["reference"], batch["hint"], drop.to(device))
+    prediction = model(noisy, timesteps.to(device), batch.get("reference"), batch["hint"], drop.to(device),
+                       batch.get("features"))
     target = prediction_target(noise_scheduler, latents, noise, timesteps.to(device))
     return F.mse_loss(prediction.float(), target, reduction="none").mean(dim=(1, 2, 3)), timesteps
+
+
+@torch.no_grad()
+def pool_loss(pipe, pool, seed: int = 0, batch_size: int = 32) -> float:
+    """Mean diffusion loss of a pipeline over a `PairPool` (a held-out one: the overfitting check),
+    at timesteps and noise drawn uniformly from ``seed``: the same draws for every pipeline."""
+    from anydoor.training.pair_pool import pool_batches
+
+    model = AnyDoorDenoiser(pipe.unet, pipe.controlnet, pipe.id_extractor).eval()
+    noise_scheduler = training_scheduler(pipe.config.prediction_type)
+    generator = torch.Generator().manual_seed(seed)
+    batches = pool_batches(pool, seed, min(batch_size, len(pool)), 0, 1, 0, 0)
+    losses = []
+    for _ in range(len(pool) // min(batch_size, len(pool))):
+        _, _, batch = next(batches)
+        per_sample, _ = diffusion_loss(model, pipe.vae, noise_scheduler, batch, generator, "uniform")
+        losses.append(per_sample)
+    return float(torch.cat(losses).mean())
 
 
 def _checkpoint_to_resume(output_dir: Path, resume: bool | str | PathLike) -> Path | None:
@@ -571,7 +599,13 @@ def train(config: TrainConfig | str | PathLike, resume: bool | str | PathLike = 
 
         # 6. The loop: one optimiser step per `gradient_accumulation_steps` micro-batches
         sample_batch = _sample_pairs(config, image_size) if main and config.sample_every else None
-        batches = _micro_batches(dataset, config, accelerator.process_index, accelerator.num_processes, epoch, items_done)
+        if config.pair_pool:
+            pool = _pair_pool(config, output_dir, dataset, vae, components["id_extractor"], image_size, main)
+            batches = pool_batches(pool, config.seed, config.batch_size, accelerator.process_index,
+                                   accelerator.num_processes, epoch, items_done)
+        else:
+            batches = _micro_batches(dataset, config, accelerator.process_index, accelerator.num_processes, epoch,
+                                     items_done)
         while step < config.max_steps:
             epoch, items_done, batch = next(batches)
             batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -633,6 +667,17 @@ def train(config: TrainConfig | str | PathLike, resume: bool | str | PathLike = 
     finally:
         if log is not None:
             log.close()
+
+
+def _pair_pool(config: TrainConfig, output_dir: Path, dataset, vae, id_extractor, image_size: int, main: bool):
+    """The run's `PairPool` (anydoor.training.pair_pool): loaded from ``pair_pool_dir`` or prepared there."""
+    if config.pair_pool < config.batch_size:
+        raise ValueError(f"pair_pool={config.pair_pool} pairs is fewer than one batch (batch_size={config.batch_size})")
+    folder = Path(config.pair_pool_dir) if config.pair_pool_dir else output_dir / "pair_pool"
+    key = pool_key(config, vae, id_extractor, image_size)
+    return load_or_prepare_pool(
+        folder, key, lambda k: prepare_pool(dataset, config.pair_pool, vae, id_extractor, key=k, progress=main)
+    )
 
 
 def _restore(state: dict, checkpoint: Path, optimizer, lr_scheduler, ema, accelerator, generator, config) -> tuple[int, int, int]:
