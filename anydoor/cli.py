@@ -140,7 +140,9 @@ def _evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _compose(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compose", help="put an object into a scene with a pipeline folder")
-    p.add_argument("--pipeline", required=True, type=Path, help="AnyDoorPipeline folder (trained or converted)")
+    p.add_argument("--pipeline", type=Path, default=None,
+                   help="AnyDoorPipeline folder (trained or converted); default: AnyDoor-world, the embedded "
+                   "world's shipped model (hash-checked)")
     p.add_argument("--object", required=True, type=Path, help="object image (an RGBA's alpha > 128 is its mask)")
     p.add_argument(
         "--object-mask", type=Path, default=None,
@@ -194,7 +196,12 @@ def _compose(sub: argparse._SubParsersAction) -> None:
         scene_mask = None
         if args.scene_mask is not None:
             scene_mask = load_mask_file(args.scene_mask, role="scene", shape=scene.shape[:2])
-        pipe = AnyDoorPipeline.from_pretrained(args.pipeline).to(args.device)
+        if args.pipeline is None:
+            from anydoor.presets import anydoor_world
+
+            pipe = anydoor_world().to(args.device)
+        else:
+            pipe = AnyDoorPipeline.from_pretrained(args.pipeline).to(args.device)
         out = pipe(
             object_image=obj,
             object_mask=object_mask,

@@ -12,6 +12,7 @@ parameter counts without allocating memory.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -157,15 +158,40 @@ def _seeded(seed: int, build: Callable[[], Any]) -> Any:
 ID_BACKBONES = ("world", "random")  # the tiny preset's frozen ID backbone: shipped in-world weights, or random init
 
 
+def check_tiny_id_backbone(id_backbone: str, id_extractor: str) -> None:
+    """`id_backbone` is "world", "random", or (for the dinov2 arms) a DINOv2IDExtractor / Dinov2Model folder."""
+    if id_backbone in ID_BACKBONES:
+        return
+    if not isinstance(id_backbone, str) or not (Path(id_backbone) / "config.json").is_file():
+        raise ValueError(
+            f"id_backbone must be one of {ID_BACKBONES} or a saved DINOv2IDExtractor / Dinov2Model folder, "
+            f"got {id_backbone!r}"
+        )
+    if id_extractor == "clip":
+        raise ValueError(f"id_backbone={id_backbone!r}: a folder holds a DINOv2-like backbone; the clip arm takes "
+                         "\"world\" or \"random\"")
+
+
+def _dinov2_backbone_from(folder: str):
+    """The `Dinov2Model` of a folder: a DINOv2IDExtractor's backbone, or a Dinov2Model `save_pretrained` folder."""
+    import json
+
+    from transformers import Dinov2Model
+
+    if json.loads((Path(folder) / "config.json").read_text()).get("_class_name") == DINOv2IDExtractor.__name__:
+        return DINOv2IDExtractor.from_pretrained(folder, torch_dtype=torch.float32).backbone.eval()
+    return Dinov2Model.from_pretrained(folder).eval()
+
+
 def tiny_id_extractor(id_extractor: str, id_backbone: str, seed: int):
     """The tiny preset's ID extractor: the world's pretrained backbone (``id_backbone="world"``:
     the DINOv2-like one for the dinov2 arms, the CLIP-like vision tower for the clip arm, as the
-    released recipe freezes a pretrained DINOv2) or a random-init one of the same shape ("random").
-    The projector's init is drawn from `seed` either way."""
-    if id_backbone not in ID_BACKBONES:
-        raise ValueError(f"id_backbone must be one of {ID_BACKBONES}, got {id_backbone!r}")
+    released recipe freezes a pretrained DINOv2), a random-init one of the same shape ("random"), or
+    a DINOv2-like backbone from a folder (`check_tiny_id_backbone`). The projector's init is drawn
+    from `seed` in every case."""
     if id_extractor not in ID_EXTRACTOR_NAMES:
         raise ValueError(f"id_extractor must be one of {ID_EXTRACTOR_NAMES}, got {id_extractor!r}")
+    check_tiny_id_backbone(id_backbone, id_extractor)
     if id_backbone == "random":
         return _seeded(
             seed,
@@ -188,8 +214,9 @@ def tiny_id_extractor(id_extractor: str, id_backbone: str, seed: int):
             generator=generator,
         )
     tokens = "global" if id_extractor == "dinov2-global" else "all"
+    backbone = world.load_dinov2() if id_backbone == "world" else _dinov2_backbone_from(id_backbone)
     return DINOv2IDExtractor.from_backbone(
-        world.load_dinov2(), cross_attention_dim=TINY_CROSS_ATTENTION_DIM, tokens=tokens, image_size=ID_IMAGE_SIZE,
+        backbone, cross_attention_dim=TINY_CROSS_ATTENTION_DIM, tokens=tokens, image_size=ID_IMAGE_SIZE,
         generator=generator,
     )
 
@@ -324,6 +351,14 @@ def full_size_components(device: str | torch.device = "meta") -> dict:
     return dict(vae=vae, unet=unet, controlnet=controlnet, id_extractor=id_extractor, scheduler=sampling_scheduler())
 
 
+def anydoor_world():
+    """AnyDoor-world (`anydoor.world.load_anydoor_world`): the embedded default trained long, the
+    released checkpoint's counterpart and the default pipeline of `anydoor compose` and the quickstart."""
+    from anydoor import world
+
+    return world.load_anydoor_world()
+
+
 def tiny_pipeline(
     seed: int = 0,
     id_extractor: str = "dinov2",
@@ -332,8 +367,9 @@ def tiny_pipeline(
     vae: AutoencoderKL | None = None,
     id_backbone: str = "world",
 ):
-    """The embedded default assembled into an `AnyDoorPipeline` (untrained
-    networks, or a given trained tiny VAE); samples on a CPU in about a second."""
+    """The embedded default assembled into an `AnyDoorPipeline` (untrained networks but for the world's
+    ID backbone, or a given trained tiny VAE); samples on a CPU in about a second. The trained
+    embedded default is `anydoor_world`."""
     from anydoor.pipeline_anydoor import AnyDoorPipeline
 
     components = tiny_components(seed=seed, id_extractor=id_extractor, vae=vae, id_backbone=id_backbone)

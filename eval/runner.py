@@ -10,7 +10,8 @@ pasted into the box) go through the same code, so every table has them.
 Per row: ``pair_id``, ``seed``, ``arm``, the pipeline's configuration
 (``detail_map``, ``id_extractor``, ``remove_background``, ``steps``,
 ``guidance``, ``shape_control``, ``wrong_reference``; None for baselines), ``clip_i``, ``dino_i`` (x100),
-``psnr_mask``, ``ssim_mask`` (NaN without a true target), ``diversity``
+``psnr_mask``, ``ssim_mask`` (NaN without a true target), ``seam`` (`eval.seam`: how much the
+composite changes the scene around the box, 0-255, lower is better), ``diversity``
 (per pair: the mean pairwise 1 - SSIM of the generated boxes across the
 seeds, repeated in each row of that pair; NaN with one seed),
 ``metric_source`` ("real", "in-world" or "random": where the CLIP/DINO backbones
@@ -37,6 +38,7 @@ from tqdm.auto import tqdm
 from anydoor.data.datasets import BenchmarkSet
 from eval.backbones import METRIC_BACKBONES, ImageEmbedder, MetricBackbones, check_metric_backbones, load_backbones
 from eval.crops import copy_paste, generated_region, reference_region, square_tensor
+from eval.seam import seam_error
 from eval.metrics import diversity, embed_similarity, image_to_tensor, masked_psnr, masked_ssim
 from eval.stats import stable_seed
 
@@ -150,7 +152,10 @@ class _Metrics:
                 mask = torch.from_numpy(item["target_mask"])[None]
                 psnr = float(masked_psnr(pred, target, mask)[0])
                 ssim = float(masked_ssim(pred, target, mask)[0])
-            rows.append({"clip_i": float(clip_i[n]), "dino_i": float(dino_i[n]), "psnr_mask": psnr, "ssim_mask": ssim})
+            seam = seam_error(composite, item["scene_image"], item["object_image"], item["object_mask"],
+                              item["scene_mask"])
+            rows.append({"clip_i": float(clip_i[n]), "dino_i": float(dino_i[n]), "psnr_mask": psnr, "ssim_mask": ssim,
+                         "seam": seam})
             boxes.append(image_to_tensor(generated_region(composite, item["scene_mask"], remove_background=False))[0])
         return rows, boxes
 

@@ -150,6 +150,9 @@ def _small_settings():
                                            out_dim=32, head_hidden=16, head_bottleneck=8),
         "vae": dataclasses.replace(pretrain.VAE_SETTINGS, steps=2, batch_size=2, eval_every=1),
         "base_unet": dataclasses.replace(pretrain.BASE_UNET_SETTINGS, steps=2, batch_size=2, eval_every=1),
+        "anydoor_world": dataclasses.replace(pretrain.ANYDOOR_WORLD_SETTINGS, steps=2, batch_size=2, pair_pool=4,
+                                             lr_warmup_steps=1, checkpoint_every=1,
+                                             synthetic=dict(videos=2, frames=2, size=96, benchmark_pairs=1, seed=0)),
     }
 
 
@@ -181,6 +184,16 @@ def test_pretrain_world_stages_are_redone_only_when_their_inputs_change(tmp_path
     redone = [line.split()[1].rstrip(":") for line in logs if "training" in line]
     assert redone == ["metric_dino", "calibration"]
     assert again["stages"]["clip"] == manifest["stages"]["clip"]
+
+    # AnyDoor-world is one pipeline folder around the vae and dinov2 stages' files, which it does not copy.
+    from anydoor.pipeline_anydoor import AnyDoorPipeline
+
+    pipe = world.load_anydoor_world(out)
+    assert isinstance(pipe, AnyDoorPipeline) and pipe.unet.dtype == torch.float32
+    backbone = world.load_dinov2(out)
+    for key, value in backbone.state_dict().items():
+        assert torch.equal(pipe.id_extractor.backbone.state_dict()[key], value)
+    assert manifest["stages"]["dinov2"]["files"] == [f for f in manifest["files"] if "id_extractor" in f["file"]]
 
     # The shipped-layout loaders read what the stages wrote, by name for open_clip.
     import open_clip

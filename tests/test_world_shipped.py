@@ -65,7 +65,9 @@ def test_the_dinov2_backbone_loads_with_from_pretrained():
 
     backbone = world.load_dinov2()
     assert isinstance(backbone, Dinov2Model) and backbone.config.image_size == 224 and backbone.config.patch_size == 14
-    direct = Dinov2Model.from_pretrained(world.dinov2_path())
+    from anydoor.models.id_extractors import DINOv2IDExtractor
+
+    direct = DINOv2IDExtractor.from_pretrained(world.dinov2_path()).backbone  # AnyDoor-world's id_extractor/
     x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(backbone(pixel_values=x).last_hidden_state, direct.eval()(pixel_values=x).last_hidden_state)

@@ -50,7 +50,7 @@ class ModelConfig:
     preset: str = "tiny"  # "tiny": the embedded default (random init); "base": SD2.1-base + ID backbone
     stable_diffusion: str = "stabilityai/stable-diffusion-2-1-base"  # base: Hub id or folder (epsilon prediction)
     # base: DINOv2 id/folder, or the open_clip model name for "clip" (None: facebook/dinov2-giant);
-    # tiny: "world" (the shipped in-world backbone, frozen) or "random" (None: world)
+    # tiny: "world" (the shipped in-world backbone, frozen), "random", or a DINOv2-like backbone folder (None: world)
     id_backbone: str | None = None
     clip_pretrained: str | None = None  # base + "clip": open_clip weights file or tag
     local_files_only: bool | None = None  # base: None = only local/cache when HF_HUB_OFFLINE is set
@@ -216,9 +216,12 @@ def validate_config(config: TrainConfig) -> TrainConfig:
         model = dataclasses.replace(model, id_backbone=default)
         config = dataclasses.replace(config, model=model)
     if model.preset == "tiny":
-        from anydoor.presets import ID_BACKBONES
+        from anydoor.presets import check_tiny_id_backbone
 
-        _check_choice("model.id_backbone", model.id_backbone, ID_BACKBONES)
+        try:
+            check_tiny_id_backbone(model.id_backbone, model.id_extractor)
+        except ValueError as err:
+            raise ValueError(f"config key 'model.id_backbone': {err}") from None
     if model.trainable is None:
         model = dataclasses.replace(model, trainable="released" if model.preset == "base" else TINY_TRAINABLE)
         config = dataclasses.replace(config, model=model)

@@ -464,12 +464,13 @@ class _RunLog:
                 self.path.write_text("")
             self.wandb = _init_wandb(config, output_dir)
         self.progress = tqdm(total=config.max_steps, initial=step, desc="train", disable=not main, dynamic_ncols=True)
+        self.start = time.perf_counter()  # elapsed_s: wall seconds of this call, set-up and pair pool included
 
     def step_done(self, step: int, lr: float, epoch: int) -> None:
         self.progress.update(1)
         if step % self.config.log_every and step != self.config.max_steps:
             return
-        self.last = self.window.summary(step, lr, epoch)
+        self.last = {**self.window.summary(step, lr, epoch), "elapsed_s": time.perf_counter() - self.start}
         self.window.reset()
         if self.main:
             with self.path.open("a") as f:

@@ -8,11 +8,12 @@ synthetic world and committed here as small safetensors, so an installed
 | file(s) | model | loaded by |
 |---|---|---|
 | ``clip/`` | the CLIP-like model (open_clip `CLIP`, registered as ``anydoor-world-clip``): its vision tower is the `clip` arm's ID backbone, its text tower conditions the world's base UNet | `load_clip` |
-| ``dinov2/`` | the DINOv2-like ID backbone (transformers `Dinov2Model`) | `load_dinov2` |
+| ``anydoor_world/id_extractor/`` | the DINOv2-like ID backbone (transformers `Dinov2Model`), stored as AnyDoor-world's `DINOv2IDExtractor` (backbone + its trained projector) | `load_dinov2` (the backbone) |
 | ``metric_clip/`` | the CLIP-I metric model's image tower (open_clip `VisionTransformer`) | `eval.backbones.load_world_backbones` |
 | ``metric_dino/`` | the DINO-I metric backbone (transformers `ViTModel`) | same |
-| ``vae/`` | the tiny VAE (diffusers `AutoencoderKL`, x4, 4 latent channels): SD2.1's VAE's stand-in | `load_vae` |
+| ``anydoor_world/vae/`` | the tiny VAE (diffusers `AutoencoderKL`, x4, 4 latent channels): SD2.1's VAE's stand-in | `load_vae` |
 | ``base_unet/`` | the caption-conditioned tiny UNet (diffusers `UNet2DConditionModel`) reading the CLIP text tower's tokens: SD2.1's UNet's stand-in, every AnyDoor arm starts from it | `load_base_unet` |
+| ``anydoor_world/`` | AnyDoor-world: the full method trained long from the base (`AnyDoorPipeline` folder); its ``vae/`` and ``id_extractor/`` are the two rows above, stored once | `load_anydoor_world`, `anydoor_world_path` |
 
 ``manifest.json`` lists every file with its sha256, the command and commit
 that produced them, the seeds, each stage's training time and the
@@ -32,12 +33,15 @@ from pathlib import Path
 MANIFEST = "manifest.json"
 CLIP_MODEL_NAME = "anydoor-world-clip"  # the open_clip model name the shipped config registers
 OPEN_CLIP_CONFIG_DIR = "open_clip"  # open_clip model configs (<name>.json), for open_clip.add_model_config
-CLIP_DIR, DINOV2_DIR, METRIC_CLIP_DIR, METRIC_DINO_DIR = "clip", "dinov2", "metric_clip", "metric_dino"
-VAE_DIR, BASE_UNET_DIR = "vae", "base_unet"  # diffusers `save_pretrained` folders (fp16 weights)
+# AnyDoor-world's pipeline folder; the world VAE and the DINOv2-like backbone live in it (one copy of each tensor).
+ANYDOOR_WORLD_DIR = "anydoor_world"
+CLIP_DIR, METRIC_CLIP_DIR, METRIC_DINO_DIR = "clip", "metric_clip", "metric_dino"
+DINOV2_DIR = f"{ANYDOOR_WORLD_DIR}/id_extractor"  # a DINOv2IDExtractor folder: the backbone + a projector
+VAE_DIR, BASE_UNET_DIR = f"{ANYDOOR_WORLD_DIR}/vae", "base_unet"  # diffusers `save_pretrained` folders (fp16)
 CLIP_WEIGHTS = "open_clip_model.safetensors"
 REBUILD_COMMAND = "anydoor pretrain-world --out anydoor/world"
 # The stages of `anydoor pretrain-world` (anydoor.world.pretrain.STAGES), in order.
-STAGE_NAMES = ("clip", "dinov2", "metric_clip", "metric_dino", "calibration", "vae", "base_unet")
+STAGE_NAMES = ("clip", "dinov2", "metric_clip", "metric_dino", "calibration", "vae", "base_unet", "anydoor_world")
 
 
 class WorldModelError(FileNotFoundError):
@@ -81,7 +85,8 @@ def _verified(root: str, folder: str, manifest_hash: str) -> Path:
     """Check every manifest file under `folder`; cached per manifest version."""
     manifest = load_manifest(root)
     base = Path(root)
-    entries = [e for e in manifest.get("files", []) if Path(e["file"]).parts[0] == folder]
+    parts = Path(folder).parts
+    entries = [e for e in manifest.get("files", []) if Path(e["file"]).parts[: len(parts)] == parts]
     if not entries:
         raise WorldModelError(
             f"the world manifest in {root!r} lists no file under {folder!r}; rebuild with `{REBUILD_COMMAND}`"
@@ -139,15 +144,32 @@ def load_clip(root: str | PathLike | None = None):
 
 
 def dinov2_path(root: str | PathLike | None = None) -> Path:
-    """The DINOv2-like ID backbone's `save_pretrained` folder (hash-checked)."""
+    """The folder holding the DINOv2-like ID backbone (hash-checked): AnyDoor-world's ``id_extractor/``,
+    a `DINOv2IDExtractor` `save_pretrained` folder whose ``backbone`` is the shipped backbone."""
     return verified_folder(DINOV2_DIR, root)
 
 
 def load_dinov2(root: str | PathLike | None = None):
-    """The DINOv2-like ID backbone (transformers `Dinov2Model`, eval mode)."""
-    from transformers import Dinov2Model
+    """The DINOv2-like ID backbone (transformers `Dinov2Model`, float32, eval mode)."""
+    import torch
 
-    return Dinov2Model.from_pretrained(dinov2_path(root)).eval()
+    from anydoor.models.id_extractors import DINOv2IDExtractor
+
+    return DINOv2IDExtractor.from_pretrained(dinov2_path(root), torch_dtype=torch.float32).backbone.eval()
+
+
+def anydoor_world_path(root: str | PathLike | None = None) -> Path:
+    """AnyDoor-world's `AnyDoorPipeline` folder (every file hash-checked)."""
+    return verified_folder(ANYDOOR_WORLD_DIR, root)
+
+
+def load_anydoor_world(root: str | PathLike | None = None):
+    """AnyDoor-world (`AnyDoorPipeline`, float32): the embedded default's counterpart of the released checkpoint."""
+    import torch
+
+    from anydoor.pipeline_anydoor import AnyDoorPipeline
+
+    return AnyDoorPipeline.from_pretrained(anydoor_world_path(root), torch_dtype=torch.float32)
 
 
 def vae_path(root: str | PathLike | None = None) -> Path:

@@ -21,17 +21,19 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 from os import PathLike
 from pathlib import Path
 
 from anydoor.data.world_views import CALIBRATION_SEED, PRETRAIN_SEED
 from anydoor.presets import ID_IMAGE_SIZE, TINY_CROSS_ATTENTION_DIM, tiny_clip_vision_config, tiny_dinov2_config
+from anydoor.training.world_anydoor import AnyDoorWorldSettings
 from anydoor.training.world_base import WorldBaseSettings
 from anydoor.training.world_clip import ClipSettings
 from anydoor.training.world_dino import DinoSettings
 from anydoor.training.world_vae import WorldVAESettings
 from anydoor.world import (
+    ANYDOOR_WORLD_DIR,
     BASE_UNET_DIR,
     CLIP_DIR,
     CLIP_MODEL_NAME,
@@ -76,6 +78,8 @@ METRIC_DINO_SETTINGS = DinoSettings(
 # SD2.1's stand-ins (issue 26): the VAE, then the caption-conditioned base UNet on its latents.
 VAE_SETTINGS = WorldVAESettings(steps=7000)  # about 22 minutes on 2 cores
 BASE_UNET_SETTINGS = WorldBaseSettings()
+# The released checkpoint's stand-in (issue 28): the full method trained long from the shipped base.
+ANYDOOR_WORLD_SETTINGS = AnyDoorWorldSettings()
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,10 @@ class Stage:
     modules: tuple[str, ...]  # the source whose text is the stage's code version
     reads: tuple[str, ...] = ()
     run: Callable | None = None  # (context) -> the stage's log (a JSON-able dict)
+    # stage -> its folder that this stage rewrites in place (AnyDoor-world's id_extractor/ holds the
+    # DINOv2-like backbone with AnyDoor-world's projector): not removed before the run, listed with this
+    # stage's files, and re-recorded in the owner's record (whose outputs hash stays: its tensors do)
+    updates: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -150,10 +158,17 @@ def _hash_json(payload) -> str:
 
 
 def _files_of(out: Path, folder: str) -> list[dict]:
-    return [
-        {"file": p.relative_to(out).as_posix(), "sha256": sha256_file(p)}
-        for p in sorted((out / folder).rglob("*")) if p.is_file()
-    ]
+    """The files of a stage's output folder (or single file), with their sha256."""
+    path = out / folder
+    paths = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return [{"file": p.relative_to(out).as_posix(), "sha256": sha256_file(p)} for p in paths]
+
+
+def _remove(path: Path) -> None:
+    if path.is_file():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _files_match(out: Path, files: list[dict]) -> bool:
@@ -199,6 +214,30 @@ def _run_dino(name: str, folder: str):
         return run.log()
 
     return body
+
+
+def _run_dinov2(ctx: Context) -> dict:
+    """The DINOv2-like backbone, stored as AnyDoor-world's ID extractor (`save_id_backbone`)."""
+    from anydoor.training.world_dino import train_dino
+
+    run = train_dino(ctx.settings["dinov2"], ctx.bank(), ctx.progress)
+    save_id_backbone(run.backbone, ctx.out / DINOV2_DIR, seed=ctx.settings["dinov2"].seed)
+    return run.log()
+
+
+def save_id_backbone(backbone, folder: Path, seed: int) -> None:
+    """Save a DINOv2-like backbone as the `DINOv2IDExtractor` folder AnyDoor-world's ``id_extractor/`` is:
+    the backbone (float32) and a projector drawn from `seed` (AnyDoor-world's stage replaces it with its
+    trained one; `anydoor.world.load_dinov2` reads the backbone only)."""
+    import torch
+
+    from anydoor.models.id_extractors import DINOv2IDExtractor
+
+    extractor = DINOv2IDExtractor.from_backbone(
+        backbone.float(), cross_attention_dim=TINY_CROSS_ATTENTION_DIM, image_size=ID_IMAGE_SIZE,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    extractor.save_pretrained(folder)
 
 
 def _run_metric_clip(ctx: Context) -> dict:
@@ -261,17 +300,50 @@ def _run_base_unet(ctx: Context) -> dict:
     return run.log()
 
 
+def _run_anydoor_world(ctx: Context) -> dict:
+    """Train AnyDoor-world and write its pipeline folder around the shipped VAE and ID backbone."""
+    import torch
+
+    from anydoor.training.world_anydoor import train_anydoor_world
+
+    folder = ctx.out / ANYDOOR_WORLD_DIR
+    id_folder = ctx.out / DINOV2_DIR
+    before = {k: v.clone() for k, v in _id_backbone_tensors(id_folder).items()}
+    pipe, log = train_anydoor_world(ctx.settings["anydoor_world"], vae=ctx.out / VAE_DIR,
+                                    base_unet=ctx.out / BASE_UNET_DIR, id_backbone=id_folder, work=ctx.work,
+                                    progress=ctx.progress)
+    # The trained weights in fp16 (issue 30's storage); the ID extractor in float32, so its backbone stays
+    # the dinov2 stage's bit for bit; the VAE folder is the vae stage's and is not rewritten.
+    pipe.unet.to(torch.float16).save_pretrained(folder / "unet")
+    pipe.controlnet.to(torch.float16).save_pretrained(folder / "controlnet")
+    pipe.scheduler.save_pretrained(folder / "scheduler")
+    pipe.id_extractor.to(torch.float32).save_pretrained(id_folder)
+    after = _id_backbone_tensors(id_folder)
+    if after.keys() != before.keys() or not all(torch.equal(after[k], before[k]) for k in before):
+        raise RuntimeError("AnyDoor-world's ID backbone differs from the shipped one: it must stay frozen")
+    pipe.save_config(folder)  # model_index.json
+    return log
+
+
+def _id_backbone_tensors(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    weights = load_file(folder / "diffusion_pytorch_model.safetensors")
+    return {k: v for k, v in weights.items() if k.startswith("backbone.")}
+
+
 def stage_settings() -> dict:
     """Each model stage's settings (the calibration builds each random-init floor from them)."""
     return {"clip": CLIP_SETTINGS, "dinov2": DINOV2_SETTINGS, "metric_clip": METRIC_CLIP_SETTINGS,
-            "metric_dino": METRIC_DINO_SETTINGS, "vae": VAE_SETTINGS, "base_unet": BASE_UNET_SETTINGS}
+            "metric_dino": METRIC_DINO_SETTINGS, "vae": VAE_SETTINGS, "base_unet": BASE_UNET_SETTINGS,
+            "anydoor_world": ANYDOOR_WORLD_SETTINGS}
 
 
 _CLIP_CODE = _DATA_MODULES + ("anydoor.training.world_clip",)
 _DINO_CODE = _DATA_MODULES + ("anydoor.training.world_dino",)
 STAGES = (
     Stage("clip", (CLIP_DIR, OPEN_CLIP_CONFIG_DIR), _CLIP_CODE, run=_run_clip),
-    Stage("dinov2", (DINOV2_DIR,), _DINO_CODE, run=_run_dino("dinov2", DINOV2_DIR)),
+    Stage("dinov2", (DINOV2_DIR,), _DINO_CODE, run=_run_dinov2),
     # Its log holds the zero-shot accuracy (its text tower is not shipped), measured by eval.calibration;
     # the weights do not depend on that module, so it is not among the inputs.
     Stage("metric_clip", (METRIC_CLIP_DIR,), _CLIP_CODE, run=_run_metric_clip),
@@ -284,6 +356,11 @@ STAGES = (
                                                           "anydoor.training.world_base",
                                                           "anydoor.models.caption_encoder"),
           reads=("clip", "vae"), run=_run_base_unet),
+    Stage("anydoor_world", tuple(f"{ANYDOOR_WORLD_DIR}/{name}" for name in ("unet", "controlnet", "scheduler",
+                                                                          "model_index.json")),
+          _DATA_MODULES + ("anydoor.training.world_anydoor", "anydoor.training.loop", "anydoor.training.pair_pool",
+                           "anydoor.training.timesteps", "anydoor.data.pairs", "anydoor.models.denoiser"),
+          reads=("dinov2", "vae", "base_unet"), run=_run_anydoor_world, updates={"dinov2": DINOV2_DIR}),
 )
 assert tuple(s.name for s in STAGES) == STAGE_NAMES, "anydoor.world.STAGE_NAMES must list STAGES in order"
 
@@ -304,10 +381,10 @@ def _commit() -> str:
 
 
 def _write_manifest(out: Path, manifest: dict) -> None:
-    files = []
-    for name in STAGE_NAMES:
-        files += manifest["stages"].get(name, {}).get("files", [])
-    manifest["files"] = sorted(files, key=lambda f: f["file"])
+    files = {}
+    for name in STAGE_NAMES:  # a file another stage updates is listed by both, with the same hash
+        files.update({f["file"]: f for f in manifest["stages"].get(name, {}).get("files", [])})
+    manifest["files"] = sorted(files.values(), key=lambda f: f["file"])
     tmp = out / f"{MANIFEST}.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     tmp.replace(out / MANIFEST)
@@ -350,11 +427,13 @@ def pretrain_world(out: str | PathLike, only=None, work: str | PathLike = "outpu
             continue
         log(f"[pretrain-world] {stage.name}: training")
         for folder in stage.folders:
-            shutil.rmtree(out / folder, ignore_errors=True)
+            _remove(out / folder)
         start = time.perf_counter()
         result = stage.run(ctx)
         seconds = time.perf_counter() - start
-        files = [f for folder in stage.folders for f in _files_of(out, folder)]
+        files = [f for folder in (*stage.folders, *stage.updates.values()) for f in _files_of(out, folder)]
+        for owner, folder in stage.updates.items():
+            manifest["stages"][owner]["files"] = _files_of(out, folder)
         record = {"inputs": key, "seconds": round(seconds, 1), "files": files, "log": result, "commit": _commit(),
                   "command": command or f"anydoor pretrain-world --out {out}",
                   "outputs": _hash_json(files if files else result)}
