@@ -1,13 +1,13 @@
-"""How few DPM-Solver++(2M) / UniPC steps keep the ground-truth metrics within DDIM 50's 95% CI (issue 10).
+"""How few DPM-Solver++(2M) / UniPC steps keep the metrics within DDIM 50's 95% CI (issues 10 and 27).
 
 Evaluates one trained pipeline on a benchmark with true targets through the
 evaluation runner (`eval.runner.evaluate`, common random numbers: every arm
 sees the same pairs, crops and initial noise): DDIM 50 (the released
-sampler, the reference) and each (scheduler, steps). Only the ground-truth
-metrics are read, PSNR and SSIM inside the true object mask (`psnr_mask`,
-`ssim_mask`), which need no metric backbone (the runner's backbones are the
-random stand-ins, `metric_backbones="random"`; their CLIP/DINO columns are
-not CLIP-I and not used here).
+sampler, the reference) and each (scheduler, steps). With ``--metric-backbones
+world`` (the default) the in-world DINO-I and CLIP-I are read besides PSNR and
+SSIM inside the true object mask (issue 27: the demo may sample with fewer
+steps where it stays within DDIM 50's CI on these); with ``random`` only the
+ground-truth metrics (issue 10's measurement: random backbones give no CLIP-I).
 
 Per arm: the mean with its bootstrap 95% CI over pairs (`eval.stats.summarize`),
 whether the mean lies inside DDIM 50's 95% CI, and the paired difference to
@@ -35,7 +35,8 @@ import pandas as pd
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-METRICS = ("psnr_mask", "ssim_mask")
+GROUND_TRUTH = ("psnr_mask", "ssim_mask")
+IN_WORLD = ("dino_i", "clip_i", "psnr_mask", "ssim_mask")
 REFERENCE = "ddim-50"
 SCHEDULER_NAMES = ("dpm++2m", "unipc")
 
@@ -71,14 +72,15 @@ def make_scheduler(name: str, config):
     return classes[name].from_config(config)  # DPMSolverMultistepScheduler's defaults: DPM-Solver++, order 2
 
 
-def fewest_steps(table: pd.DataFrame, scheduler: str, steps: list[int], column: str) -> int | None:
+def fewest_steps(table: pd.DataFrame, scheduler: str, steps: list[int], column: str,
+                 metrics=GROUND_TRUTH) -> int | None:
     """The smallest tested count n such that every tested count >= n passes
     `column` (a boolean per arm and metric) on every metric; None if even the
     largest does not."""
     best = None
     for n in sorted(steps, reverse=True):
         rows = table[table["arm"] == f"{scheduler}-{n}"]
-        if len(rows) != len(METRICS) or not rows[column].astype(bool).all():
+        if len(rows) != len(metrics) or not rows[column].astype(bool).all():
             break
         best = n
     return best
@@ -98,7 +100,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="images per pipeline call")
     parser.add_argument("--device", default="cpu", help="torch device")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "fewer_steps", help="output folder")
+    parser.add_argument("--metric-backbones", default="world", choices=("world", "random"),
+                        help="world: in-world DINO-I / CLIP-I as well; random: PSNR / SSIM only")
     args = parser.parse_args(argv)
+    metrics = list(IN_WORLD if args.metric_backbones == "world" else GROUND_TRUTH)
     if any(n < 1 for n in args.steps):
         raise SystemExit(f"--steps must be positive integers, got {args.steps}")
 
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     pipeline_dir = args.pipeline or find_full_method_pipeline(args.sweep_dir)
     pipe = AnyDoorPipeline.from_pretrained(pipeline_dir).to(args.device)
     pipe.set_progress_bar_config(disable=True)
-    backbones = load_backbones(metric_backbones="random").to(args.device)
+    backbones = load_backbones(metric_backbones=args.metric_backbones).to(args.device)
     base_config = pipe.scheduler.config
 
     arms = [("ddim", 50)] + [(s, n) for s in args.schedulers for n in sorted(args.steps)]
@@ -119,18 +124,19 @@ def main(argv: list[str] | None = None) -> None:
         pipe.scheduler = make_scheduler(scheduler, base_config)
         start = time.perf_counter()
         frame = evaluate(pipe, args.benchmark, args.seeds, steps, args.guidance, arm=f"{scheduler}-{steps}",
-                         backbones=backbones, metric_backbones="random", batch_size=args.batch_size, progress=False)
+                         backbones=backbones, metric_backbones=args.metric_backbones, batch_size=args.batch_size,
+                         progress=False)
         frames.append(frame.assign(scheduler=scheduler))
         print(f"{scheduler}-{steps}: {len(frame)} images in {time.perf_counter() - start:.1f} s", flush=True)
     results = pd.concat(frames, ignore_index=True)
 
-    summary = summarize(results, by="arm", metrics=list(METRICS))
+    summary = summarize(results, by="arm", metrics=metrics)
     reference = summary[summary["arm"] == REFERENCE].set_index("metric")
     summary["within_ddim50_ci"] = [
         reference.loc[m, "ci_low"] <= mean <= reference.loc[m, "ci_high"]
         for m, mean in zip(summary["metric"], summary["mean"])
     ]
-    paired = compare(results, REFERENCE, metrics=list(METRICS))
+    paired = compare(results, REFERENCE, metrics=metrics)
     speed = results.groupby("arm")["gen_seconds"].mean().rename("gen_seconds_per_image")
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -155,10 +161,10 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {r.arm} | {r.metric} | {r.mean:.4f} | [{r.ci_low:.4f}, {r.ci_high:.4f}] | "
                      f"{'yes' if r.within_ddim50_ci else 'no'} | {diff} | {p} | {r.gen_seconds_per_image:.3f} |")
     lines += ["", "Fewest tested steps from which every larger tested count stays close to DDIM 50 on "
-              + " and ".join(METRICS) + ":", ""]
+              + ", ".join(metrics) + ":", ""]
     for scheduler in args.schedulers:
-        within = fewest_steps(table, scheduler, args.steps, "within_ddim50_ci")
-        paired_ok = fewest_steps(table, scheduler, args.steps, "not_different")
+        within = fewest_steps(table, scheduler, args.steps, "within_ddim50_ci", metrics)
+        paired_ok = fewest_steps(table, scheduler, args.steps, "not_different", metrics)
         none = "none of " + str(sorted(args.steps))
         lines.append(f"- {scheduler}: mean inside DDIM 50's 95% CI from {within if within is not None else none} "
                      f"steps; no significant paired difference (Holm, 5%) from "

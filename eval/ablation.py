@@ -21,7 +21,7 @@ from eval.sweeps import DONE
 BASELINE_DIR = "baselines"
 REFERENCE_ROWS = "reference_rows"  # the spec's ablation of reference rows (untrained model, other guidance)
 GROUND_TRUTH_METRICS = ("psnr_mask", "ssim_mask")
-TABLE_METRICS = ("clip_i", "dino_i", "psnr_mask", "ssim_mask", "diversity")
+TABLE_METRICS = ("clip_i", "dino_i", "retrieved", "psnr_mask", "ssim_mask", "seam", "diversity")
 
 
 def load_index(sweep_dir: str | PathLike) -> dict:

@@ -90,7 +90,7 @@ def run_demo(jobs: int = 1, root: str | Path | None = None) -> Path:
     spec_path = root / "sweeps" / "demo.yaml"
     spec = SweepSpec.load(spec_path)
     ensure_synthetic_data(root / "data" / "synthetic")
-    for folder in (world.VAE_DIR, world.BASE_UNET_DIR, world.DINOV2_DIR, world.CLIP_DIR, world.METRIC_CLIP_DIR,
+    for folder in (world.ANYDOOR_WORLD_DIR, world.BASE_UNET_DIR, world.CLIP_DIR, world.METRIC_CLIP_DIR,
                    world.METRIC_DINO_DIR):
         world.verified_folder(folder)
     _log(f"world models: shipped, hash-checked (manifest {world.manifest_sha256()[:12]})")

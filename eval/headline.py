@@ -6,7 +6,9 @@ Holm-adjusted p, MDE at 80% power), never written by hand:
 - the **learning bar**: the full method beats the untrained model of the same preset and the
   unchanged scene on DINO-I, CLIP-I and PSNR in the object mask, Holm-significant;
 - the **control**: the full method beats the ``wrong-reference`` row on DINO-I and CLIP-I;
-- each ablation's **verdict** per arm, or "could not detect less than X" from the MDEs.
+- each ablation's **verdict** per arm, or "could not detect less than X" from the MDEs;
+- **AnyDoor-world**'s bar (issue 28): the long-trained reference row beats the full method on DINO-I
+  and PSNR in the mask, and its seam (`eval.seam`, lower is better) against the full method's.
 
 Differences are read as reference arm (the full method) minus the other row; a bar that is not
 met reads "not met: difference [CI], MDE X".
@@ -23,6 +25,8 @@ ALPHA = 0.05
 LEARNING_METRICS = ("dino_i", "clip_i", "psnr_mask")
 CONTROL_METRICS = ("dino_i", "clip_i")
 CONTROL_ARM = "wrong-reference"
+LONG_TRAINED_ARM = "anydoor-world"  # the shipped long-trained full method (issue 28), evaluation only
+LONG_TRAINED_METRICS = ("dino_i", "psnr_mask")
 SCENE = "scene"
 VERDICT_METRICS = ("dino_i", "clip_i", "psnr_mask", "ssim_mask")
 
@@ -102,6 +106,36 @@ def _bar(frame: pd.DataFrame, reference: str, others: list[str], metrics, alpha:
     return met, phrases
 
 
+def _long_trained_line(frame: pd.DataFrame, reference: str, alpha: float) -> str:
+    """AnyDoor-world against the full method: its bar (DINO-I, PSNR) and the seam, as arm - reference."""
+    met, phrases = True, []
+    for metric in LONG_TRAINED_METRICS:
+        hit = frame[(frame["arm"] == LONG_TRAINED_ARM) & (frame["metric"] == metric)]
+        if hit.empty:
+            met = False
+            phrases.append(f"{metric}: not measured")
+            continue
+        r = hit.iloc[0]
+        ok = verdict(r, reference, alpha) == f"{LONG_TRAINED_ARM} better"
+        met &= ok
+        phrases.append(f"{r.get('label') or metric_label(metric)}: {'met' if ok else 'not met'}: "
+                       f"{_forward_cell(r)}" + ("" if ok else f", MDE {_mde(r)}"))
+    seam = frame[(frame["arm"] == LONG_TRAINED_ARM) & (frame["metric"] == "seam")]
+    if not seam.empty:
+        r = seam.iloc[0]
+        lower = r["p_holm"] < alpha and r["ci_high"] < 0
+        phrases.append(f"seam (lower is better) {_forward_cell(r)}: {'lower' if lower else 'not detectably lower'}")
+    return (f"Long training ({LONG_TRAINED_ARM} minus {reference}, on DINO-I and PSNR in the mask, "
+            f"Holm-significant): {'MET' if met else 'NOT MET'}. " + "; ".join(phrases) + ".")
+
+
+def _forward_cell(row: pd.Series) -> str:
+    """arm - reference [CI], as `compare` gives it."""
+    low, high = float(row["ci_low"]), float(row["ci_high"])
+    digits = 3 if max(abs(low), abs(high)) < 1 else 2
+    return f"{float(row['mean_diff']):+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
 def headline(comparisons: dict[str, tuple[str, pd.DataFrame]], untrained: list[str], full_ablation: str,
              alpha: float = ALPHA, own_arms: dict[str, list[str]] | None = None) -> list[str]:
     """Plain sentences: the learning bar, the control, each ablation's verdicts.
@@ -126,6 +160,8 @@ def headline(comparisons: dict[str, tuple[str, pd.DataFrame]], untrained: list[s
             met, phrases = _bar(frame, reference, [CONTROL_ARM], CONTROL_METRICS, alpha)
             lines.append(f"The model uses its reference ({reference} beats {CONTROL_ARM}): "
                          f"{'MET' if met else 'NOT MET'}. " + "; ".join(phrases) + ".")
+        if LONG_TRAINED_ARM in set(frame["arm"]):
+            lines.append(_long_trained_line(frame, reference, alpha))
     else:
         lines.append("No learning bar: the sweep has no reference rows with finished runs.")
     for ablation, (ref, cmp) in comparisons.items():
@@ -133,7 +169,7 @@ def headline(comparisons: dict[str, tuple[str, pd.DataFrame]], untrained: list[s
             continue
         arms = [a for a in dict.fromkeys(cmp["arm"])
                 if (a in own_arms[ablation] if own_arms and ablation in own_arms
-                    else a not in untrained and a not in (SCENE, CONTROL_ARM))]
+                    else a not in untrained and a not in (SCENE, CONTROL_ARM, LONG_TRAINED_ARM))]
         parts = []
         for arm in arms:
             rows = cmp[(cmp["arm"] == arm) & cmp["metric"].isin(VERDICT_METRICS)]

@@ -32,7 +32,7 @@ from torchmetrics import Metric
 from torchmetrics.functional.image import structural_similarity_index_measure
 from torchmetrics.utilities import dim_zero_cat
 
-METRIC_NAMES = ("clip_i", "dino_i", "psnr_mask", "ssim_mask", "diversity", "seam")
+METRIC_NAMES = ("clip_i", "dino_i", "psnr_mask", "ssim_mask", "diversity", "seam", "retrieved")
 _IDENTITY_LABELS = {
     "clip_i": {"real": "CLIP-I", "in-world": "CLIP-I (in-world)", "random": "CLIP-sim (random-init)"},
     "dino_i": {"real": "DINO-I", "in-world": "DINO-I (in-world)", "random": "DINO-sim (random-init)"},
@@ -42,6 +42,7 @@ _LABELS = {
     "ssim_mask": "SSIM in target mask",
     "diversity": "diversity (1 - SSIM across seeds)",
     "seam": "seam (|composite - scene| outside the box, 0-255; lower is better)",
+    "retrieved": "retrieval top-1 (own reference nearest by the DINO-I backbone)",
 }
 # PSNR of identical regions (MSE 0) is capped rather than infinite, so means,
 # bootstraps and differences stay finite. 100 dB is an MSE of 1e-10 on [0, 1]

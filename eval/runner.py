@@ -11,7 +11,9 @@ Per row: ``pair_id``, ``seed``, ``arm``, the pipeline's configuration
 (``detail_map``, ``id_extractor``, ``remove_background``, ``steps``,
 ``guidance``, ``shape_control``, ``wrong_reference``; None for baselines), ``clip_i``, ``dino_i`` (x100),
 ``psnr_mask``, ``ssim_mask`` (NaN without a true target), ``seam`` (`eval.seam`: how much the
-composite changes the scene around the box, 0-255, lower is better), ``diversity``
+composite changes the scene around the box, 0-255, lower is better), ``retrieved`` (1.0 when
+the pair's own reference is the nearest, by the DINO-I backbone, of all the benchmark's references:
+instance retrieval top-1), ``diversity``
 (per pair: the mean pairwise 1 - SSIM of the generated boxes across the
 seeds, repeated in each row of that pair; NaN with one seed),
 ``metric_source`` ("real", "in-world" or "random": where the CLIP/DINO backbones
@@ -124,6 +126,13 @@ class _Metrics:
     def __init__(self, backbones: MetricBackbones):
         self.backbones = backbones
         self.reference_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.gallery: torch.Tensor | None = None  # DINO embeddings of every benchmark reference, in pair order
+        self.gallery_index: dict[str, int] = {}  # pair_id -> its row in the gallery
+
+    def set_gallery(self, items: list[dict]) -> None:
+        """The references instance retrieval searches: every pair's of the benchmark."""
+        self.gallery = self.references(items)[1]
+        self.gallery_index = {item["pair_id"]: n for n, item in enumerate(items)}
 
     def _embed(self, embedder: ImageEmbedder, regions: list[np.ndarray]) -> torch.Tensor:
         return embedder(torch.stack([square_tensor(r, embedder.image_size) for r in regions]))
@@ -143,7 +152,10 @@ class _Metrics:
         regions = [generated_region(c, i["scene_mask"]) for c, i in zip(composites, items)]
         ref_clip, ref_dino = self.references(items)
         clip_i = embed_similarity(self._embed(self.backbones.clip, regions), ref_clip)
-        dino_i = embed_similarity(self._embed(self.backbones.dino, regions), ref_dino)
+        dino = self._embed(self.backbones.dino, regions)
+        dino_i = embed_similarity(dino, ref_dino)
+        # Instance retrieval (as the fidelity ladder's): is the pair's own reference the nearest of all?
+        nearest = (dino @ self.gallery.T).argmax(1).tolist() if self.gallery is not None else None
         rows, boxes = [], []
         for n, (item, composite) in enumerate(zip(items, composites)):
             psnr = ssim = float("nan")
@@ -154,8 +166,9 @@ class _Metrics:
                 ssim = float(masked_ssim(pred, target, mask)[0])
             seam = seam_error(composite, item["scene_image"], item["object_image"], item["object_mask"],
                               item["scene_mask"])
+            retrieved = float(nearest[n] == self.gallery_index[item["pair_id"]]) if nearest else float("nan")
             rows.append({"clip_i": float(clip_i[n]), "dino_i": float(dino_i[n]), "psnr_mask": psnr, "ssim_mask": ssim,
-                         "seam": seam})
+                         "seam": seam, "retrieved": retrieved})
             boxes.append(image_to_tensor(generated_region(composite, item["scene_mask"], remove_background=False))[0])
         return rows, boxes
 
@@ -183,6 +196,7 @@ def _run(
         raise ValueError(f"extra_columns {clash} would overwrite the runner's own columns")
     backbones = _backbones(backbones, metric_backbones)
     metrics = _Metrics(backbones)
+    metrics.set_gallery([benchmark[i] for i in range(len(benchmark))])
     out_dir = None
     if save_images is not None:
         out_dir = Path(save_images)

@@ -283,8 +283,8 @@ def test_paper_numbers_cover_every_demo_arm():
 def test_demo_spec_expands_to_the_unique_runs():
     spec = SweepSpec.load(ROOT / "sweeps" / "demo.yaml")
     runs = spec.expand()
-    assert len(runs) == 14
-    assert len({r.run_id for r in runs}) == 14
+    assert len(runs) == 15
+    assert len({r.run_id for r in runs}) == 15
     members = {r.run_id: set(r.members) for r in runs}
     # The wrong-reference control is evaluation only: it shares the full method's trained model.
     from eval.arm import trained_model_key
@@ -299,7 +299,11 @@ def test_demo_spec_expands_to_the_unique_runs():
     # Components' "+hf-map" (uniform timesteps) is the timestep ablation's uniform arm.
     assert {("timestep_sampling", "uniform"), ("components", "+hf-map")} in members.values()
     assert sum(len(m) for m in members.values()) == sum(len(a["arms"]) for a in spec.ablations.values())
-    assert [len(r.members) for r in runs].count(1) == 12
+    assert [len(r.members) for r in runs].count(1) == 13
+    # AnyDoor-world is evaluation only: the shipped pipeline folder, no training of its own.
+    long_trained = by_member[("reference_rows", "anydoor-world")]
+    assert long_trained.params["checkpoint"] == "anydoor/world/anydoor_world"
+    assert sum(bool(r.params["checkpoint"]) for r in runs) == 1
     # The arms are compared without guidance; the full method's model is evaluated at the
     # released guidance and with wrong references too, sharing its trained model: 11 trainings for 14 runs.
     guidance = {r.members[0]: r.params["guidance_scale"] for r in runs}
@@ -423,7 +427,7 @@ def test_report_shows_the_fidelity_ladder_and_the_gap_closed(tmp_path, benchmark
     assert "## Fidelity ladder: where identity is lost before any model" in md
     assert re.search(r"\| VAE, perfect latents \| -?\d+\.\d\d \[", md)
     assert "| G (DINO-I) |" in md and re.search(r"\| untrained \| reference row \|.*\| 0\.00 \[0\.00, 0\.00\] \|", md)
-    assert re.search(r"> Identity gap closed by full \(G on DINO-I.*\): -?\d+\.\d\d \[", md)
+    assert re.search(r"> Identity gap closed \(G on DINO-I.*\): full -?\d+\.\d\d \[", md)
     assert (sweep / "ladder" / "results.parquet").is_file() and (sweep / "ladder" / "key.json").is_file()
     bare = make_sweep(tmp_path / "bare", benchmark, notebooks=False, wandb=False)
     render_report(bare, tmp_path / "bare_out")
@@ -434,7 +438,8 @@ def test_report_shows_the_fidelity_ladder_and_the_gap_closed(tmp_path, benchmark
 def test_demo_long_is_the_demo_with_ten_times_the_training():
     demo, long = (SweepSpec.load(ROOT / "sweeps" / f"{name}.yaml") for name in ("demo", "demo-long"))
     assert (long.name, long.parameters["max_steps"]) == ("demo-long", 10 * demo.parameters["max_steps"])
-    assert {k: v for k, v in long.parameters.items() if k != "max_steps"} == {
-        k: v for k, v in demo.parameters.items() if k != "max_steps"}
+    assert long.parameters["pair_pool"] == 10 * demo.parameters["pair_pool"]  # each pair read as often
+    assert {k: v for k, v in long.parameters.items() if k not in ("max_steps", "pair_pool")} == {
+        k: v for k, v in demo.parameters.items() if k not in ("max_steps", "pair_pool")}
     assert long.ablations == demo.ablations and long.benchmark == demo.benchmark
     assert len(long.expand()) == len(demo.expand())

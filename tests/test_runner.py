@@ -18,7 +18,7 @@ from eval.runner import evaluate, evaluate_baseline, noise_generator
 
 STEPS = 2
 SEEDS = [0, 1]
-METRICS = ["clip_i", "dino_i", "psnr_mask", "ssim_mask", "diversity"]
+METRICS = ["clip_i", "dino_i", "psnr_mask", "ssim_mask", "diversity", "seam", "retrieved"]
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +113,9 @@ def test_baselines_through_the_same_runner(benchmark, backbones, tmp_path):
     assert scene.psnr_mask.iloc[0] == pytest.approx(expected.item(), rel=1e-5)
     # the pasted reference is closer to the reference than the empty scene is
     assert paste.dino_i.mean() > scene.dino_i.mean()
+    # Neither baseline touches the scene outside the placement box: no seam.
+    assert (scene.seam == 0).all() and (paste.seam == 0).all()
+    assert set(scene.retrieved) <= {0.0, 1.0} and set(paste.retrieved) <= {0.0, 1.0}
     with pytest.raises(ValueError, match="name='blur' is not a baseline"):
         evaluate_baseline("blur", benchmark, SEEDS, backbones=backbones, metric_backbones="random")
 
@@ -142,6 +145,9 @@ def test_world_backbones_flow_from_rows_to_labels(benchmark):
     assert (rows.clip_backbone == "world-clip-i").all() and (rows.dino_backbone == "world-dino-i").all()
     labels = dict(zip(*summarize(rows)[["metric", "label"]].to_numpy().T))
     assert labels["clip_i"] == "CLIP-I (in-world)" and labels["dino_i"] == "DINO-I (in-world)"
+    # Instance retrieval: the pasted reference finds its own reference among the benchmark's two
+    # (the in-world DINO-I backbone separates them; the true targets do too, as the ladder shows).
+    assert (rows.retrieved == 1.0).all()
 
 
 def test_cli_writes_results_and_summary(pipe, benchmark, tmp_path, monkeypatch, capsys):
