@@ -178,9 +178,10 @@ def _dinov2_backbone_from(folder: str):
 
     from transformers import Dinov2Model
 
-    if json.loads((Path(folder) / "config.json").read_text()).get("_class_name") == DINOv2IDExtractor.__name__:
-        return DINOv2IDExtractor.from_pretrained(folder, torch_dtype=torch.float32).backbone.eval()
-    return Dinov2Model.from_pretrained(folder).eval()
+    with torch.random.fork_rng(devices=[]):  # module construction draws from the global RNG: keep it the caller's
+        if json.loads((Path(folder) / "config.json").read_text()).get("_class_name") == DINOv2IDExtractor.__name__:
+            return DINOv2IDExtractor.from_pretrained(folder, torch_dtype=torch.float32).backbone.eval()
+        return Dinov2Model.from_pretrained(folder).eval()
 
 
 def tiny_id_extractor(id_extractor: str, id_backbone: str, seed: int):

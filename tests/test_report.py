@@ -443,3 +443,27 @@ def test_demo_long_is_the_demo_with_ten_times_the_training():
         k: v for k, v in demo.parameters.items() if k not in ("max_steps", "pair_pool")}
     assert long.ablations == demo.ablations and long.benchmark == demo.benchmark
     assert len(long.expand()) == len(demo.expand())
+
+
+def test_demo_data_is_reused_or_rewritten_when_its_settings_change(tmp_path, monkeypatch):
+    import json
+
+    import eval.demo as demo
+
+    monkeypatch.setattr(demo, "SYNTH_SETTINGS", dict(videos=1, frames=2, size=64, benchmark_pairs=2, seed=0))
+    folder = demo.ensure_synthetic_data(tmp_path / "synthetic")
+    assert len((folder / "benchmark" / "pairs.jsonl").read_text().splitlines()) == 2
+    first = (folder / "benchmark" / "pairs.jsonl").read_text().splitlines()
+    stamp = (folder / "manifest.json").stat().st_mtime_ns
+    assert demo.ensure_synthetic_data(folder) == folder and (folder / "manifest.json").stat().st_mtime_ns == stamp
+    # More benchmark pairs: rewritten, the earlier pairs unchanged (the benchmark's seeds are per pair).
+    monkeypatch.setattr(demo, "SYNTH_SETTINGS", dict(videos=1, frames=2, size=64, benchmark_pairs=3, seed=0))
+    demo.ensure_synthetic_data(folder)
+    lines = (folder / "benchmark" / "pairs.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and lines[:2] == first
+    assert json.loads((folder / demo.SETTINGS_FILE).read_text())["benchmark_pairs"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["synthetic"]  # no temporary folders left
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds no complete synthetic data set"):
+        demo.ensure_synthetic_data(tmp_path / "other")

@@ -155,7 +155,10 @@ def load_dinov2(root: str | PathLike | None = None):
 
     from anydoor.models.id_extractors import DINOv2IDExtractor
 
-    return DINOv2IDExtractor.from_pretrained(dinov2_path(root), torch_dtype=torch.float32).backbone.eval()
+    # Building the module draws init values from torch's global RNG before the weights replace them:
+    # fork it, so loading leaves the caller's random state alone.
+    with torch.random.fork_rng(devices=[]):
+        return DINOv2IDExtractor.from_pretrained(dinov2_path(root), torch_dtype=torch.float32).backbone.eval()
 
 
 def anydoor_world_path(root: str | PathLike | None = None) -> Path:
@@ -169,7 +172,8 @@ def load_anydoor_world(root: str | PathLike | None = None):
 
     from anydoor.pipeline_anydoor import AnyDoorPipeline
 
-    return AnyDoorPipeline.from_pretrained(anydoor_world_path(root), torch_dtype=torch.float32)
+    with torch.random.fork_rng(devices=[]):  # as load_dinov2: no draw from the caller's global RNG
+        return AnyDoorPipeline.from_pretrained(anydoor_world_path(root), torch_dtype=torch.float32)
 
 
 def vae_path(root: str | PathLike | None = None) -> Path:
