@@ -114,7 +114,7 @@ def _plot(table: pd.DataFrame, ceiling: dict, path: Path) -> None:
         if column in ceiling:
             ax.axhline(ceiling[column], color="grey", ls="--", lw=1, label="VAE, perfect latents")
         ax.axvline(DEMO_SAMPLES, color="tab:red", ls=":", lw=1, label="demo arms' budget")
-        ax.set_xscale("symlog", linthresh=DEMO_SAMPLES)
+        ax.set_xlim(left=-0.02 * x.max())
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("training samples", fontsize=7)
         ax.tick_params(labelsize=6)

@@ -41,8 +41,8 @@ _LABELS = {
     "psnr_mask": "PSNR in target mask (dB)",
     "ssim_mask": "SSIM in target mask",
     "diversity": "diversity (1 - SSIM across seeds)",
-    "seam": "seam (|composite - scene| outside the box, 0-255; lower is better)",
-    "retrieved": "retrieval top-1 (own reference nearest by the DINO-I backbone)",
+    "seam": "seam (0-255, lower is better)",  # eval.seam: |composite - scene| in the crop outside the box
+    "retrieved": "retrieval top-1",  # the own reference nearest of the benchmark's, by the DINO-I backbone
 }
 # PSNR of identical regions (MSE 0) is capped rather than infinite, so means,
 # bootstraps and differences stay finite. 100 dB is an MSE of 1e-10 on [0, 1]
