@@ -158,7 +158,9 @@ def _compose(sub: argparse._SubParsersAction) -> None:
     where.add_argument("--box", help="where the object goes: x0,y0,x1,y1 in scene pixels")
     p.add_argument("--out", required=True, type=Path, help="output composite (PNG)")
     p.add_argument("--steps", type=int, default=50, help="sampler steps (released: 50)")
-    p.add_argument("--guidance", type=float, default=5.0, help="guidance scale (released: 5.0)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="guidance scale (default: 1.0 for AnyDoor-world, trained without conditioning dropout; "
+                   "the released 5.0 for a --pipeline)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
 
@@ -197,11 +199,13 @@ def _compose(sub: argparse._SubParsersAction) -> None:
         if args.scene_mask is not None:
             scene_mask = load_mask_file(args.scene_mask, role="scene", shape=scene.shape[:2])
         if args.pipeline is None:
-            from anydoor.presets import anydoor_world
+            from anydoor.presets import ANYDOOR_WORLD_GUIDANCE, anydoor_world
 
             pipe = anydoor_world().to(args.device)
+            guidance = ANYDOOR_WORLD_GUIDANCE if args.guidance is None else args.guidance
         else:
             pipe = AnyDoorPipeline.from_pretrained(args.pipeline).to(args.device)
+            guidance = 5.0 if args.guidance is None else args.guidance
         out = pipe(
             object_image=obj,
             object_mask=object_mask,
@@ -209,7 +213,7 @@ def _compose(sub: argparse._SubParsersAction) -> None:
             scene_mask=scene_mask,
             scene_box=box,
             num_inference_steps=args.steps,
-            guidance_scale=args.guidance,
+            guidance_scale=guidance,
             generator=torch.Generator(args.device).manual_seed(args.seed),
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
