@@ -353,7 +353,7 @@ def full_size_components(device: str | torch.device = "meta") -> dict:
 
 
 # AnyDoor-world's sampling guidance. Trained as released, without conditioning dropout, its unconditional
-# branch (the zero image's tokens) is untrained, and guidance over-saturates the crop: on the demo's 48 pairs,
+# branch (the zero image's tokens) is untrained, and guidance over-saturates the crop: on the first 16 demo pairs,
 # guidance 1.0 / 3.0 / 5.0 give seam 6.4 / 16.9 / 47.2 and retrieval top-1 0.91 / 0.62 / 0.31 (2026-12-07).
 ANYDOOR_WORLD_GUIDANCE = 1.0
 
