@@ -87,39 +87,30 @@ def summary_table(comparisons: dict[str, tuple[str, pd.DataFrame]], metrics=VERD
                                        "verdict"])
 
 
+def _check(frame: pd.DataFrame, arm: str, metric: str, winner: str, reference: str, alpha: float,
+           cell=None) -> tuple[bool, str]:
+    """(met, "<label>: met|not met: <cell>[, MDE X]") for one (arm, metric) row of a `compare` frame:
+    met when it is significant in `winner`'s favour; (False, "<metric>: not measured") without the row."""
+    hit = frame[(frame["arm"] == arm) & (frame["metric"] == metric)]
+    if hit.empty:
+        return False, f"{metric}: not measured"
+    r = hit.iloc[0]
+    ok = verdict(r, reference, alpha) == f"{winner} better"
+    return ok, (f"{r.get('label') or metric_label(metric)}: {'met' if ok else 'not met'}: {(cell or _cell)(r)}"
+                + ("" if ok else f", MDE {_mde(r)}"))
+
+
 def _bar(frame: pd.DataFrame, reference: str, others: list[str], metrics, alpha: float) -> tuple[bool, list[str]]:
     """(met, one phrase per (other, metric)): met when every comparison is significant in the reference's favour."""
-    phrases, met = [], True
-    for other in others:
-        for metric in metrics:
-            hit = frame[(frame["arm"] == other) & (frame["metric"] == metric)]
-            if hit.empty:
-                met = False
-                phrases.append(f"vs {other} on {metric}: not measured")
-                continue
-            r = hit.iloc[0]
-            label = r.get("label") or metric_label(metric)
-            ok = verdict(r, reference, alpha) == f"{reference} better"
-            met &= ok
-            phrases.append(f"vs {other} on {label}: {'met' if ok else 'not met'}: {_cell(r)}"
-                           + ("" if ok else f", MDE {_mde(r)}"))
-    return met, phrases
+    checks = [(other, _check(frame, other, metric, reference, reference, alpha)) for other in others for metric in metrics]
+    return all(ok for _, (ok, _) in checks), [f"vs {other} on {phrase}" for other, (_, phrase) in checks]
 
 
 def _long_trained_line(frame: pd.DataFrame, reference: str, alpha: float) -> str:
     """AnyDoor-world against the full method: its bar (DINO-I, PSNR) and the seam, as arm - reference."""
-    met, phrases = True, []
-    for metric in LONG_TRAINED_METRICS:
-        hit = frame[(frame["arm"] == LONG_TRAINED_ARM) & (frame["metric"] == metric)]
-        if hit.empty:
-            met = False
-            phrases.append(f"{metric}: not measured")
-            continue
-        r = hit.iloc[0]
-        ok = verdict(r, reference, alpha) == f"{LONG_TRAINED_ARM} better"
-        met &= ok
-        phrases.append(f"{r.get('label') or metric_label(metric)}: {'met' if ok else 'not met'}: "
-                       f"{_forward_cell(r)}" + ("" if ok else f", MDE {_mde(r)}"))
+    checks = [_check(frame, LONG_TRAINED_ARM, metric, LONG_TRAINED_ARM, reference, alpha, _forward_cell)
+              for metric in LONG_TRAINED_METRICS]
+    met, phrases = all(ok for ok, _ in checks), [phrase for _, phrase in checks]
     seam = frame[(frame["arm"] == LONG_TRAINED_ARM) & (frame["metric"] == "seam")]
     if not seam.empty:
         r = seam.iloc[0]

@@ -142,18 +142,22 @@ def sweep_ladder(sweep_dir: Path, index: dict) -> tuple[pd.DataFrame | None, str
     """The fidelity ladder (`eval.fidelity_ladder`) of the sweep's VAE on its benchmark, with the sweep's
     metric backbones, cached in ``<sweep>/ladder/``; (None, why) when it cannot be computed (the base
     preset's VAE is SD2.1's, loaded only where its weights are; a benchmark without true targets)."""
+    from anydoor.world import sha256_file
     from eval.arm import arm_metric_backbones
 
     params = index["parameters"]
     if params.get("preset") != "tiny":
         return None, "the fidelity ladder of SD2.1's VAE: `python benchmarks/fidelity_ladder.py --vae NAME=FOLDER`"
     vae_name = params.get("vae") or None
+    benchmark = _resolve(index["benchmark"], sweep_dir)
+    pairs_file = benchmark / "pairs.jsonl" if benchmark is not None else None
     key = {"vae": vae_name, "world_models": params.get("world_models"), "benchmark": index["benchmark"],
+           # the benchmark's content too: the demo rewrites its data in place when its settings change
+           "pairs": sha256_file(pairs_file) if pairs_file is not None and pairs_file.is_file() else None,
            "metric_backbones": arm_metric_backbones(params)}
     folder = sweep_dir / LADDER_DIR
     if (folder / "key.json").is_file() and json.loads((folder / "key.json").read_text()) == key:
         return pd.read_parquet(folder / "results.parquet"), ""
-    benchmark = _resolve(index["benchmark"], sweep_dir)
     if benchmark is None or vae_name is None:
         return None, "no fidelity ladder: the benchmark is missing or the sweep's VAE is untrained"
     from diffusers import AutoencoderKL
